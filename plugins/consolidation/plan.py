@@ -153,7 +153,7 @@ class Plan:
         return sum(s.stated_rows or 0 for s in self.steps_for_schema(schema))
 
 
-TOOL_TABLES = ("ledger", "quarantine", "conflicts", "approvals", "registry", "validation_history")
+TOOL_TABLES = ("ledger", "quarantine", "conflicts", "undo", "approvals", "registry", "validation_history")
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,46 @@
+"""copy: every source row lands once in its target (a new table, or an existing one)."""
+from __future__ import annotations
+
+from psycopg import sql
+
+from ..plan import Plan, Step
+from ..spec import TargetSpec
+from .base import Action, column_list, key_match, projected_source, undo_inserts
+
+
+class CopyAction(Action):
+    name = "copy"
+
+    def validate(self, step: Step, spec: TargetSpec | None) -> list[str]:
+        if spec is None:
+            return [f"{step.label}: no target spec"]
+        if not spec.key and (spec.exists_before_plan or len(spec.steps) > 1):
+            return [f"{step.label}: {step.source} has no primary key and {spec.qualified} is not fed by this step "
+                    "alone, so re-runs could not tell which rows already moved; give the source a primary key"]
+        return []
+
+    def pre_statements(self, plan: Plan, step: Step, spec: TargetSpec) -> list[sql.Composable]:
+        if spec.key:
+            return []
+        # Keyless source (a view snapshot) into a table only this step feeds:
+        # refresh it whole, which converges on every re-run.
+        return [sql.SQL("DELETE FROM {}").format(spec.ident)]
+
+    def statement(self, plan, step, spec, source, run_id):
+        flows = spec.flows[step.name]
+        cols = column_list(f.target for f in flows)
+        rows = projected_source(step, spec, source)
+        fresh = sql.SQL("TRUE") if not spec.key else sql.SQL(
+            "NOT EXISTS (SELECT 1 FROM {} AS t WHERE {})").format(spec.ident, key_match(spec, "t", "r"))
+        returning = column_list(spec.key) if spec.key else sql.SQL("1")
+        parts = [sql.SQL("WITH r AS ({rows}), ins AS (INSERT INTO {tgt} ({cols}) SELECT {cols} FROM r WHERE {fresh} "
+                         "RETURNING {ret})").format(rows=rows, tgt=spec.ident, cols=cols, fresh=fresh, ret=returning)]
+        if spec.exists_before_plan:
+            parts.append(sql.SQL(", u AS ({})").format(undo_inserts(plan, step, spec, run_id, "ins")))
+        parts.append(sql.SQL(" SELECT (SELECT count(*) FROM ins), 0"))
+        return sql.Composed(parts)
+
+    def undo_note(self, step, spec):
+        if spec.exists_before_plan:
+            return f"delete the rows it inserted into {spec.qualified} (keys in the undo log)"
+        return f"drop {spec.qualified} (created by 4A)"
