@@ -242,6 +242,24 @@ def test_parsed_games_reference_raw_html(built):
         ).fetchone()[0] == 0
 
 
+def test_pre_game_recommendations_reference_game_outcomes_across_schemas(built):
+    dsn, _, _ = built
+    with psycopg.connect(dsn) as conn:
+        fks = conn.execute(
+            """
+            SELECT confrelid::regclass::text, pg_get_constraintdef(oid)
+              FROM pg_constraint
+             WHERE conrelid = 'tracking.pre_game_recommendations'::regclass AND contype = 'f'
+            """
+        ).fetchall()
+        assert fks == [("game_outcomes", "FOREIGN KEY (game_outcome_id) REFERENCES game_outcomes(id)")]
+        refs = conn.execute(
+            "SELECT r.id, r.game_outcome_id, o.id IS NOT NULL FROM tracking.pre_game_recommendations AS r"
+            " LEFT JOIN public.game_outcomes AS o ON o.id = r.game_outcome_id ORDER BY r.id"
+        ).fetchall()
+        assert refs == [(1, 241, True), (2, 242, True), (3, 243, True), (4, 247, True), (5, None, False)]
+
+
 def test_teams_and_action_dim_teams_align_with_two_name_conflicts(built):
     dsn, _, _ = built
     with psycopg.connect(dsn) as conn:

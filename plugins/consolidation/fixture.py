@@ -14,6 +14,8 @@
 Rows are generated inside the server by the static SQL in include/sql/fixture/
 (generate_series, modular arithmetic, md5 of constants): two builds are identical
 row for row. The five large tables multiply by `scale`; everything else is fixed.
+One cross-schema foreign key (tracking.pre_game_recommendations.game_outcome_id ->
+public.game_outcomes.id) is added after the SQL files, by CROSS_SCHEMA_FK below.
 """
 from __future__ import annotations
 
@@ -97,6 +99,19 @@ SQL_FILES = (
     "03_legacy_rows.sql",
     "04_sequences_grants.sql",
 )
+# A legacy foreign key that crosses schemas (tracking -> public): Phase 4 must handle
+# it when it moves or drops either side. Nullable; fixed ids <= 1281, so present at
+# every scale; row 5 (no game) stays NULL. Row counts are unchanged.
+CROSS_SCHEMA_FK = """
+ALTER TABLE tracking.pre_game_recommendations
+  ADD COLUMN game_outcome_id integer
+      CONSTRAINT pre_game_recommendations_game_outcome_id_fkey
+      REFERENCES public.game_outcomes (id);
+UPDATE tracking.pre_game_recommendations AS r
+   SET game_outcome_id = v.game_outcome_id
+  FROM (VALUES (1, 241), (2, 242), (3, 243), (4, 247), (5, NULL::integer)) AS v (id, game_outcome_id)
+ WHERE r.id = v.id;
+"""
 _LOCK_KEY = 7_110_420_004  # transaction advisory lock: one fixture build per database at a time
 
 
@@ -201,6 +216,7 @@ def build(
             conn.execute("SELECT set_config('consolidation.fixture_scale', %s, true)", (str(scale),))
             for name in SQL_FILES:
                 conn.execute((sql_dir() / name).read_text(encoding="utf-8"))
+            conn.execute(CROSS_SCHEMA_FK)
             counts = count_rows(conn, expected_counts(scale))
             _analyze(conn, [n for n in counts if n not in VIEWS])
             conn.execute("SELECT set_config('TimeZone', %s, true)", (zone,))
