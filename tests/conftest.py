@@ -174,3 +174,25 @@ def run_cli():
         )
 
     return _run
+
+
+def dbname_of(dsn: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    return conninfo_to_dict(dsn)["dbname"]
+
+
+@pytest.fixture(scope="session")
+def fixture_template(make_session_db) -> str:
+    """Name of a session database holding the Phase 1-3 fixture (scale 1); clone it."""
+    from consolidation import fixture
+
+    dsn = make_session_db()
+    fixture.build(dsn)
+    return dbname_of(dsn)
+
+
+@pytest.fixture
+def legacy_db(make_db, fixture_template) -> str:
+    """DSN of a fresh copy of the legacy fixture database (as Phases 1-3 left it)."""
+    return make_db(template=fixture_template)

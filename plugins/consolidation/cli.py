@@ -31,6 +31,10 @@ PROG = "python -m consolidation"
 # name -> ("module:function", one-line help shown by `python -m consolidation -h`)
 COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("consolidation.cli:register_db", "the embedded PostgreSQL server: start | stop | status | url | ping"),
+    "fixture": ("consolidation.fixture:register", "build the demo legacy database: fixture build [--scale N]"),
+    "inventory": ("consolidation.commands:register_inventory", "check the plan against the live database"),
+    "plan": ("consolidation.commands:register_plan", "validate the plan file and summarise it"),
+    "sql": ("consolidation.commands:register_sql", "print the SQL a phase would run, without running it"),
 }
 
 EXIT_UNREACHABLE = 2
