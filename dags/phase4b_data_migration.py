@@ -33,8 +33,9 @@ with DAG(
     params={"dry_run": Param(False, type="boolean", description="print each step's SQL instead of running it")},
     tags=["consolidation", "phase4"],
 ) as dag:
-    guard = task(task_id="require_4A_gate")(tasks.require_gate_task)(phase="4A")
-    gate = task(task_id="gate_4B")(tasks.gate_task)(phase="4B")
+    guard = task(task_id="require_4A_gate")(tasks.require_gate_task)(phase="4B")
+    # all_done: a failed step still gets a gate that records what is missing, and where
+    gate = task(task_id="gate_4B", trigger_rule="all_done")(tasks.gate_task)(phase="4B")
     previous = guard
     for schema in plan.legacy_schemas:
         steps = [s for s in plan.steps_for_schema(schema) if s.migrates_rows or s.is_recreated_view]

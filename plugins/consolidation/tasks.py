@@ -75,6 +75,8 @@ def gate_task(phase: str, **context) -> dict:
     info = run_info(context)
     builders = {"4A": phases.gate_4a_checks, "4B": phases.gate_4b_checks}
     with task_connection() as (dsn, conn):
+        if phase in phases.PREVIOUS:  # the gate runs even after failed steps, never after a refusal
+            phases.require_gate(conn, plan, phase)
         checks = builders[phase](conn, plan)
         conn.commit()
         result = phases.run_phase_gate(conn, dsn, plan, phase, checks, run_id=info.run_id, user=info.user)
