@@ -196,3 +196,40 @@ def fixture_template(make_session_db) -> str:
 def legacy_db(make_db, fixture_template) -> str:
     """DSN of a fresh copy of the legacy fixture database (as Phases 1-3 left it)."""
     return make_db(template=fixture_template)
+
+
+@pytest.fixture(scope="session")
+def airflow_dags():
+    """The DAG bag of dags/, with Airflow's metadata database created (once per session)."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
+                   capture_output=True, env=dict(os.environ))
+    from airflow.models.dagbag import DagBag
+
+    bag = DagBag(str(REPO_ROOT / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag
+
+
+@pytest.fixture(scope="session")
+def run_dag(airflow_dags):
+    """run_dag(dag_id, dsn, conf=None) -> the DagRun's state, after dag.test() against `dsn`.
+
+    The DAG reaches the database through the Airflow connection consolidation_db, set
+    from `dsn` for the duration of the run (CONSOLIDATION_DB_URL is hidden meanwhile).
+    """
+
+    def _run(dag_id: str, dsn: str, conf: dict | None = None) -> str:
+        saved = {k: os.environ.get(k) for k in ("AIRFLOW_CONN_CONSOLIDATION_DB", "CONSOLIDATION_DB_URL")}
+        os.environ["AIRFLOW_CONN_CONSOLIDATION_DB"] = dsn
+        os.environ.pop("CONSOLIDATION_DB_URL", None)
+        try:
+            run = airflow_dags.dags[dag_id].test(run_conf=conf)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        return str(getattr(run.state, "value", run.state))
+
+    return _run

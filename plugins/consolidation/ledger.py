@@ -193,7 +193,9 @@ def record(conn, plan: Plan, *, status: str, message: str | None = None, **kw) -
 
 
 def latest(conn, plan: Plan, *, phase: str, kind: str, name: str | None = None) -> dict | None:
-    """The most recent finished ledger row of a kind (e.g. the latest 4A gate)."""
+    """The most recent finished ledger row of a kind (e.g. the latest 4A gate), or None."""
+    if not tool_tables_exist(conn, plan):
+        return None
     q = sql.SQL("""
         SELECT id, run_id, phase, kind, name, status, message, started_at, finished_at, triggered_by, details
           FROM {} WHERE phase = %s AND kind = %s AND (%s::text IS NULL OR name = %s)

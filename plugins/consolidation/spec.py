@@ -306,7 +306,7 @@ def _portable_default(default: str, plan: Plan, spec: TargetSpec, step: Step) ->
 def _repoint_foreign_keys(conn, plan: Plan, catalog: Catalog, specs: dict[str, TargetSpec]) -> None:
     """Each legacy FK becomes an FK between the targets of both ends."""
     for spec in specs.values():
-        if spec.exists or spec.kind != "table" or len(spec.steps) != 1 or spec.steps[0].object == "view":
+        if spec.exists_before_plan or spec.kind != "table" or len(spec.steps) != 1 or spec.steps[0].object == "view":
             continue
         step = spec.steps[0]
         rename = {f.source: f.target for f in spec.flows[step.name] if f.source}
