@@ -85,3 +85,30 @@ def checksums(conn, plan: Plan, step: Step, spec: TargetSpec) -> dict:
 
 def key_list(spec: TargetSpec) -> sql.Composed:
     return column_list(spec.key)
+
+
+def digest(conn, plan: Plan, specs: dict[str, TargetSpec] | None = None) -> dict:
+    """Fingerprint of the data the cleanup would act on, recomputed from the data.
+
+    Per migrating step: source and target checksums and counts (as the 4B gate proves
+    them); per delete step: the legacy table's checksum. Any row written to, changed in
+    or removed from a legacy table or a target after this was taken changes the digest.
+    """
+    import hashlib
+    import json
+
+    if specs is None:
+        from .extend import load_specs
+
+        _, specs = load_specs(conn, plan)
+    per_step = {}
+    for step in plan.steps:
+        if step.action == "delete":
+            row = conn.execute(sql.SQL(
+                "SELECT md5(coalesce(string_agg(h, '' ORDER BY h), '')), count(*) "
+                "FROM (SELECT md5(ROW(s.*)::text) AS h FROM {} AS s) x").format(source_ident(step))).fetchone()
+            per_step[step.name] = {"source_checksum": row[0], "read": row[1]}
+        else:
+            per_step[step.name] = checksums(conn, plan, step, specs[step.target])
+    blob = json.dumps({"plan": plan.sha256, "steps": per_step}, sort_keys=True, default=str)
+    return {"digest": hashlib.sha256(blob.encode()).hexdigest(), "plan_sha256": plan.sha256, "steps": per_step}
