@@ -25,8 +25,7 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	@if [ -z "$$CONSOLIDATION_DB_URL" ]; then $(PY) -m consolidation db start; \
 	else echo "using CONSOLIDATION_DB_URL (embedded server not started)"; fi
-	$(PY) -m consolidation fixture build --if-empty
-	$(PY) -m consolidation inventory
+	$(PY) -m consolidation demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inventory": ("consolidation.commands:register_inventory", "check the plan against the live database"),
     "plan": ("consolidation.commands:register_plan", "validate the plan file and summarise it"),
     "sql": ("consolidation.commands:register_sql", "print the SQL a phase would run, without running it"),
+    "demo": ("consolidation.demo:register", "the whole job on the configured database, through the DAGs"),
 }
 
 EXIT_UNREACHABLE = 2

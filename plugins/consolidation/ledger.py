@@ -214,9 +214,17 @@ def tool_tables_exist(conn, plan: Plan) -> bool:
                         (sql.Identifier(schema, table).as_string(conn),)).fetchone()[0]
 
 
-def rows(conn, plan: Plan, where: str = "TRUE", params: tuple = ()) -> list[dict]:
-    """Ledger rows for reports (where is a static SQL fragment written by the caller)."""
-    cur = conn.execute(sql.SQL("SELECT * FROM {} WHERE " + where + " ORDER BY id").format(
-        _ident(plan, "ledger")), params)
+def rows(conn, plan: Plan, where: str | sql.Composable = "TRUE", params: tuple = ()) -> list[dict]:
+    """Ledger rows for reports and tests; `where` is a static fragment or a Composable."""
+    clause = sql.SQL(where) if isinstance(where, str) else where
+    cur = conn.execute(sql.SQL("SELECT * FROM {} WHERE {} ORDER BY id").format(
+        _ident(plan, "ledger"), clause), params)
     cols = [d.name for d in cur.description]
     return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def latest_run_rows(conn, plan: Plan, *, phase: str, kind: str) -> list[dict]:
+    """The rows of one kind written by the most recent run of a phase (e.g. 4B's steps)."""
+    return rows(conn, plan, sql.SQL(
+        "phase = %s AND kind = %s AND run_id = (SELECT run_id FROM {} WHERE phase = %s AND kind = %s "
+        "ORDER BY id DESC LIMIT 1)").format(_ident(plan, "ledger")), (phase, kind, phase, kind))
