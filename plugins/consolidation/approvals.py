@@ -19,6 +19,7 @@ from typing import Any
 from psycopg import sql
 
 from . import ledger
+from .decisions import REASON_MIN_LENGTH
 from .ledger import tool_ident
 from .plan import Plan
 
@@ -27,7 +28,6 @@ STATUSES = ("pending", "approved", "rejected", "refused", "superseded", "expired
 VIAS = ("ui", "cli")
 DECISIONS = {"approve": "approved", "reject": "rejected"}
 DEFAULT_VALIDITY_HOURS = 24.0
-REASON_MIN_LENGTH = 5
 CLEANUP_DAG = "phase4d_legacy_cleanup"
 
 
