@@ -77,8 +77,10 @@ def run_step(conn, plan: Plan, step_name: str, *, run_id: str, user: str | None)
         status = ledger.FAILED if over else ledger.SUCCESS
         message = (f"{result.quarantined} row(s) of {step.source} quarantined, threshold {step.quarantine_threshold}; "
                    f"see {'.'.join(plan.tool_table('quarantine'))} where step = '{step.name}'") if over else result.line()
+        conflicts = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE step = %s").format(
+            tool_ident(plan, "conflicts")), (step.name,)).fetchone()[0]
         entry.finish(conn, status, message, rows_read=result.read, rows_inserted=result.inserted,
-                     rows_merged=result.merged, rows_quarantined=result.quarantined,
+                     rows_merged=result.merged, rows_quarantined=result.quarantined, rows_conflicts=conflicts,
                      source_checksum=result.source_checksum, target_checksum=result.target_checksum,
                      details={"path": result.path, "already_present": result.already_present, "counts": sums})
         conn.commit()
