@@ -197,3 +197,14 @@ def gate_4b_checks(conn, plan: Plan) -> list[Check]:
 
 def undo_notes(plan: Plan, specs: dict[str, TargetSpec]) -> dict[str, str]:
     return {s.name: action_for(s).undo_note(s, specs.get(s.target)) for s in plan.steps}
+
+
+# --------------------------------------------------------------------- 4C
+def gate_4c_checks(conn, plan: Plan, *, export_file=None, smoke_folder=None) -> list[Check]:
+    """Every migrated table registered at its consolidated home, resolvable, returning exactly
+    its legacy rows; the services' smoke queries return the same rows through the registry;
+    the JSON export (when given) equals the registry table. See registry.py and smoke.py."""
+    from .registry import registry_checks
+    from .smoke import smoke_checks
+
+    return registry_checks(conn, plan, export_file=export_file) + smoke_checks(conn, plan, smoke_folder)
