@@ -75,10 +75,18 @@ def checksum_query(side: sql.Composable) -> sql.Composed:
 
 
 def checksums(conn, plan: Plan, step: Step, spec: TargetSpec) -> dict:
+    """Both sides hashed once (materialized), then checksums and counts from them."""
     s = sides(plan, step, spec)
-    src_sum, src_n = conn.execute(checksum_query(s.source)).fetchone()
-    tgt_sum, tgt_n = conn.execute(checksum_query(s.target)).fetchone()
-    read, present, quarantined = conn.execute(count_query(plan, step, s)).fetchone()
+    q = sql.SQL(
+        "WITH src AS MATERIALIZED ({s}), tgt AS MATERIALIZED ({t}) SELECT "
+        "(SELECT md5(coalesce(string_agg(h, '' ORDER BY h), '')) FROM src), (SELECT count(*) FROM src), "
+        "(SELECT md5(coalesce(string_agg(h, '' ORDER BY h), '')) FROM tgt), (SELECT count(*) FROM tgt), "
+        "(SELECT count(*) FROM {source}), "
+        "(SELECT count(*) FROM (SELECT * FROM src INTERSECT ALL SELECT * FROM tgt) AS p), "
+        "(SELECT count(*) FROM {quarantine} WHERE step = {name})").format(
+        s=s.source, t=s.target, source=source_ident(step), quarantine=tool_ident(plan, "quarantine"),
+        name=sql.Literal(step.name))
+    src_sum, src_n, tgt_sum, tgt_n, read, present, quarantined = conn.execute(q).fetchone()
     return {"source_checksum": src_sum, "target_checksum": tgt_sum, "source_rows": src_n, "target_rows": tgt_n,
             "read": read, "present": present, "quarantined": quarantined}
 

@@ -63,8 +63,13 @@ def projected_source(step: Step, spec: TargetSpec, source: sql.Composable,
 
 
 def not_quarantined(plan: Plan, step: Step) -> sql.Composed:
-    """Source rows that are not in quarantine for this step (alias s)."""
-    return sql.SQL("NOT EXISTS (SELECT 1 FROM {q} AS q WHERE q.step = {name} AND q.original = to_jsonb(s))").format(
+    """Source rows that are not in quarantine for this step (alias s).
+
+    The first test is an uncorrelated InitPlan: when the step quarantined nothing, the OR
+    short-circuits and no row pays for to_jsonb().
+    """
+    return sql.SQL("(NOT EXISTS (SELECT 1 FROM {q} AS q0 WHERE q0.step = {name}) OR "
+                   "NOT EXISTS (SELECT 1 FROM {q} AS q WHERE q.step = {name} AND q.original = to_jsonb(s)))").format(
         q=tool_ident(plan, "quarantine"), name=sql.Literal(step.name))
 
 
