@@ -1,4 +1,4 @@
-# make demo | make test | make db-start | make db-stop | make clean
+# make demo | make test | make airflow | make airflow-stop | make db-start | make db-stop | make clean
 # The virtualenv is created on first use (and refreshed when requirements.txt changes).
 
 SHELL := /bin/bash
@@ -13,7 +13,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 
-.PHONY: demo test db-start db-stop db-status clean venv
+.PHONY: demo test db-start db-stop db-status clean venv airflow airflow-stop airflow-status
 
 venv: $(STAMP)
 
@@ -29,6 +29,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Airflow with its UI on localhost:8080 (LocalExecutor, metadata in the embedded PostgreSQL)
+airflow: $(STAMP)
+	$(PY) -m consolidation airflow-local start
+
+airflow-stop: $(STAMP)
+	$(PY) -m consolidation airflow-local stop
+
+airflow-status: $(STAMP)
+	$(PY) -m consolidation airflow-local status
 
 db-start: $(STAMP)
 	$(PY) -m consolidation db start

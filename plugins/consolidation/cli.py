@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "approve": ("consolidation.decisions:register_approve", "approve the pending cleanup request: --by NAME --reason TEXT [--request ID]"),
     "reject": ("consolidation.decisions:register_reject", "reject the pending cleanup request: --by NAME --reason TEXT [--request ID]"),
     "status": ("consolidation.decisions:register_status", "phases, their latest gates, and any pending cleanup approval"),
+    "airflow-local": ("consolidation.local_airflow:register", "Airflow with its UI on this machine (make airflow): start | stop | status"),
     "demo": ("consolidation.demo:register", "the whole job on the configured database, through the DAGs"),
 }
 
