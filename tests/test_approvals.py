@@ -214,9 +214,12 @@ def test_ui_rejection_and_refusal(db, migrated, run_dag):
                    conf={"request": req.id, "decision": "reject", "reason": "wait for the 4C services"}) == "success"
     with pytest.raises(ApprovalRefused, match="rejected by dag_test.*wait for the 4C services"):
         check(db, req.id)
-    # nothing pending any more: the run fails, nothing is recorded
+    # nothing pending any more: the run fails with the reason, nothing is recorded
     assert run_dag("phase4d_cleanup_approval", db, conf={"decision": "approve", "reason": "looks good"}) == "failed"
     assert row(db, req.id)["status"] == "rejected"
+    entries = approval_ledger(db)
+    assert [e["name"] for e in entries] == ["approval_request", "reject", "decision_refused"]
+    assert entries[-1]["triggered_by"] == "dag_test" and "no pending approval request" in entries[-1]["message"]
 
 
 # ------------------------------------------------------------------ sensor
@@ -254,11 +257,16 @@ def test_sensor_waits_for_the_table_only_and_fails_on_rejection(db, migrated, mo
     impatient = CleanupApprovalSensor(task_id="w", request_task_id="ask_for_approval", timeout_hours="0")
     with pytest.raises(AirflowSensorTimeout):
         impatient.execute(context)
+    # the run gave up: its request is no longer pending, and cannot be approved any more
+    assert row(db, req.id)["status"] == "expired"
+    with psycopg.connect(db) as conn, pytest.raises(ApprovalRefused, match="not pending"):
+        approvals.decide(conn, PLAN, request_id=req.id, decision="approve", by="alice", via="cli", reason="too late")
 
+    req = ask(db, migrated[1], run_id="4d-run-2")
     approve(db, req.id)
     assert sensor.poke({"ti": _TI(req.id)}) is True
 
-    rejected = ask(db, migrated[1], run_id="4d-run-2")
+    rejected = ask(db, migrated[1], run_id="4d-run-3")
     with psycopg.connect(db) as conn:
         approvals.decide(conn, PLAN, request_id=rejected.id, decision="reject", by="bob", via="cli",
                          reason="the 4C services still read splits")

@@ -191,8 +191,26 @@ def decide(conn, plan: Plan, *, request_id: int | None, decision: str, by: str, 
 
     `by` is who decided as the channel authenticated them: the Airflow user who
     triggered the approval DAG (ui), or --by beside the OS user and database role (cli).
-    db_role defaults to the session's current_user.
+    db_role defaults to the session's current_user. A refused attempt raises
+    ApprovalRefused and is itself recorded in the ledger (decision_refused).
     """
+    try:
+        return _decide(conn, plan, request_id=request_id, decision=decision, by=by, via=via, reason=reason,
+                       os_user=os_user, db_role=db_role, decision_run_id=decision_run_id)
+    except ApprovalRefused as exc:
+        conn.rollback()
+        if ledger.tool_tables_exist(conn, plan):
+            ledger.record(conn, plan, status=ledger.REFUSED, message=str(exc),
+                          run_id=decision_run_id or f"{via}:{os_user or ledger.operator_name()}", phase=PHASE,
+                          kind="approval", name="decision_refused", triggered_by=by or None,
+                          details={"request_id": request_id, "decision": decision, "via": via,
+                                   "os_user": os_user, "reason_given": reason})
+            conn.commit()
+        raise
+
+
+def _decide(conn, plan: Plan, *, request_id, decision, by, via, reason, os_user, db_role,
+            decision_run_id) -> Request:
     if decision not in DECISIONS:
         raise ApprovalRefused(f"unknown decision {decision!r}; use approve or reject")
     if via not in VIAS:
@@ -331,6 +349,19 @@ def _refuse(conn, plan: Plan, req: Request, status: str, msg: str, *, name: str,
     req.status, req.refusal = status, msg
     _ledger(conn, plan, req, name=name, status=ledger.REFUSED, by=req.decided_by, message=msg, **details)
     conn.commit()
+
+
+def expire(conn, plan: Plan, request_id: int, message: str) -> bool:
+    """Mark a still-pending request expired (its run stopped waiting); False if it was not pending."""
+    if not table_exists(conn, plan):
+        return False
+    found = conn.execute(sql.SQL("UPDATE {} SET status = 'expired', refusal = %s WHERE id = %s AND status = 'pending' "
+                                 "RETURNING id").format(_t(plan)), (message, request_id)).fetchone()
+    if found:
+        req = _select(conn, plan, sql.SQL("id = %s"), (request_id,))[0]
+        _ledger(conn, plan, req, name="approval_expired", status=ledger.REFUSED, by=None, message=message)
+    conn.commit()
+    return bool(found)
 
 
 # ------------------------------------------------------------------ status

@@ -39,12 +39,16 @@ def ui_decision_task(**context) -> dict:
         raise ApprovalRefused(f"run {info.run_id} has no triggering user, so nobody can be recorded as the "
                               "approver; trigger it from the Airflow UI/API as an authenticated user, or use "
                               "`python -m consolidation approve|reject --by NAME --reason TEXT`")
-    params = context.get("params") or {}
-    request = params.get("request")
+    form = context.get("params") or {}
+    request = form.get("request")
+    try:
+        request_id = int(request) if request not in (None, "") else None
+    except (TypeError, ValueError):
+        raise ApprovalRefused(f"request {request!r} is not a request id; leave it empty for the pending one") from None
+    print(f"decision {form.get('decision')!r} on request {request_id or 'pending'} by {user}: {form.get('reason')!r}")
     with task_connection() as (_, conn):
-        req = decide(conn, load_plan(), request_id=int(request) if request not in (None, "") else None,
-                     decision=params.get("decision"), by=user, via="ui", reason=params.get("reason") or "",
-                     os_user=operator_name(), decision_run_id=info.run_id)
+        req = decide(conn, load_plan(), request_id=request_id, decision=form.get("decision"), by=user, via="ui",
+                     reason=form.get("reason") or "", os_user=operator_name(), decision_run_id=info.run_id)
     print(_decided_line(req))
     return {"request_id": req.id, "status": req.status, "fingerprint": req.fingerprint, "decided_by": req.decided_by}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from airflow.sdk import BaseSensorOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
 
 class CleanupApprovalSensor(BaseSensorOperator):
@@ -24,7 +24,8 @@ class CleanupApprovalSensor(BaseSensorOperator):
                      bounds the wait, it never decides anything.
 
     Runs in reschedule mode (no worker slot held while waiting). A rejection, an expired
-    or stale approval raises AirflowFailException: the task fails at once, no retry.
+    or stale approval raises AirflowFailException: the task fails at once, no retry. On
+    timeout the still-pending request is marked expired.
     """
 
     template_fields: Sequence[str] = ("timeout_hours",)
@@ -47,7 +48,23 @@ class CleanupApprovalSensor(BaseSensorOperator):
                     f"approval timeout {self.timeout_hours!r} is not a number of hours; "
                     "set the DAG param approval_timeout_hours to e.g. 72") from None
             self.timeout = hours * 3600
-        return super().execute(context)
+        try:
+            return super().execute(context)
+        except AirflowSensorTimeout:
+            self._expire(context)
+            raise
+
+    def _expire(self, context) -> None:
+        # nobody decided in time: the request must not stay "pending" for a run that gave up
+        from .approvals import expire
+        from .plan import load_plan
+        from .runtime import task_connection
+
+        request_id = self.request_id(context)
+        with task_connection() as (_, conn):
+            expire(conn, load_plan(), request_id,
+                   f"no decision within {self.timeout / 3600:g} h; the waiting 4D run stopped. "
+                   "Trigger phase4d_legacy_cleanup again for a new request")
 
     def request_id(self, context) -> int:
         value = context["ti"].xcom_pull(task_ids=self.request_task_id)
