@@ -222,9 +222,16 @@ def run_dag(airflow_dags):
         saved = {k: os.environ.get(k) for k in ("AIRFLOW_CONN_CONSOLIDATION_DB", "CONSOLIDATION_DB_URL")}
         os.environ["AIRFLOW_CONN_CONSOLIDATION_DB"] = dsn
         os.environ.pop("CONSOLIDATION_DB_URL", None)
+        dag = airflow_dags.dags[dag_id]
+        # Airflow merges a run's conf into the Param objects the DAG and its tasks share;
+        # in-process runs would inherit the previous run's conf: restore their defaults
+        params = [d.get_param(k) for d in (dag.params, *(t.params for t in dag.tasks)) for k in d]
+        defaults = [p.value for p in params]
         try:
-            run = airflow_dags.dags[dag_id].test(run_conf=conf)
+            run = dag.test(run_conf=conf)
         finally:
+            for p, value in zip(params, defaults):
+                p.value = value
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
