@@ -9,22 +9,25 @@ from consolidation import service_tasks, tasks
 
 plan = load_plan()  # a YAML read: no database at parse time
 
-DOC = """
+DOC = f"""
 ### Phase 4C: service updates (non-destructive)
 Refuses to start unless the latest **4B gate** passed. Then the **table registry**
-(`operational.consolidation_registry`, the single source of truth services read to find a table)
-gets one entry per migrated legacy object - one TaskGroup per legacy schema: logical name (the legacy
+(`{'.'.join(plan.tool_table('registry'))}`, the single source of truth services read to find a table)
+gets one entry per migrated legacy object, one TaskGroup per legacy schema: logical name (the legacy
 `schema.table`), the consolidated table holding its rows, the filter selecting them when several
 sources share a table (union provenance, merge), its columns under their legacy names and types,
-status, run, user, time. The upsert is idempotent. **export_registry** writes it as JSON
-(`export_dir` param, else `$CONSOLIDATION_REGISTRY_DIR`, else `.state/registry/registry.json`);
-services resolve names with `consolidation.registry.resolve` (database) or `resolve_file` (JSON).
+status, run, user, time. The upsert is idempotent. Roles that could read a legacy table get SELECT
+on the registry and, where missing, on its consolidated home (services keep their access).
+**export_registry** writes it as JSON (`export_dir` param, else `$CONSOLIDATION_REGISTRY_DIR`, else
+`.state/registry/registry.json`); services resolve names with `consolidation.registry.resolve`
+(database) or `resolve_file` (JSON file, no database).
 
 **gate_4C** (Great Expectations) proves, against the data: every migrated table has an entry
-pointing at its planned target, none points into a legacy schema, every entry resolves (relation,
-columns), each entry returns exactly its legacy table's rows, every service smoke query in
-`include/sql/smoke/` returns the same rows through the registry as from the legacy tables, and
-the JSON export equals the table. Its result goes to the ledger; 4D requires it.
+pointing at its planned target; none points into a legacy schema; every entry resolves (relation,
+columns); every legacy reader can read it; each entry returns exactly its legacy table's rows;
+every service smoke query in `include/sql/smoke/` returns the same rows through the registry as
+from the legacy tables; the JSON export equals the table. Its result goes to the ledger; 4D
+requires it.
 """
 
 with DAG(

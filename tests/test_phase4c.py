@@ -114,6 +114,7 @@ def test_4c_registers_every_migrated_table_and_passes_its_gate(after_4c, make_db
             from_db = registry.resolve(conn, step.source, plan=plan)
             assert from_db == registry.resolve_file(export_file, step.source)
             assert from_db.schema == step.target_schema and from_db.schema not in plan.legacy_schemas
+    assert registry.resolve(dsn, "splits.games") == registry.resolve_file(export_file, "splits.games")  # by DSN
 
 
 def test_resolved_names_return_the_legacy_rows(after_4c, make_db, plan):
@@ -136,6 +137,14 @@ def test_resolved_names_return_the_legacy_rows(after_4c, make_db, plan):
         got = table_rows(conn, sql.SQL("SELECT * FROM {} AS t").format(teams.relation()))
         assert got == table_rows(conn, sql.SQL("SELECT team_id, abbr, action_network_id, logo_url FROM action.dim_teams"))
         assert [c.name for c in teams.columns] == ["team_id", "abbr", "action_network_id", "logo_url"]
+        # a service running as the application role finds and reads every table it could read before
+        legacy_counts = {s.source: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(s.source_schema, s.source_table))).fetchone()[0] for s in plan.migrating_steps()}
+        conn.execute("SET ROLE betting_app")
+        for name, count in legacy_counts.items():
+            resolved = registry.resolve(conn, name, plan=plan)
+            assert conn.execute(sql.SQL("SELECT count(*) FROM {} AS x").format(resolved.relation())).fetchone()[0] \
+                == count, name
 
 
 def test_rerun_changes_nothing(clone_4c, plan):
@@ -182,6 +191,7 @@ def test_broken_entries_fail_the_gate_by_name(clone_4c, plan):
         conn.execute("UPDATE operational.consolidation_registry SET physical_schema = 'backtesting', "
                      "physical_table = 'threshold_configurations' "
                      "WHERE logical_name = 'backtesting.threshold_configurations'")
+        conn.execute("REVOKE SELECT ON core_betting.game_outcomes FROM betting_app")
         conn.commit()
         with pytest.raises(registry.NotRegistered, match="points into legacy schema backtesting"):
             registry.resolve(conn, "backtesting.threshold_configurations", plan=plan)
@@ -195,7 +205,10 @@ def test_broken_entries_fail_the_gate_by_name(clone_4c, plan):
         {"logical_name": "backtesting.threshold_configurations", "points_at": "backtesting.threshold_configurations"}]
     assert {r["logical_name"] for r in failed["every_migrated_table_registered"].sample} == {
         "tracking.pre_game_recommendations", "backtesting.threshold_configurations"}
-    # every smoke query over those two tables fails too, the others pass
+    assert failed["legacy_readers_can_read"].sample == [
+        {"logical_name": "public.game_outcomes", "role": "betting_app", "target": "core_betting.game_outcomes",
+         "missing": "SELECT"}]
+    # every smoke query over the two broken entries fails too, the others pass
     smoke_failed = {n for n in failed if n.startswith("smoke_")}
     assert smoke_failed == {"smoke_tracking_pre_game_card", "smoke_backtesting_orchestrator_queue"}
     with psycopg.connect(clone_4c) as conn:
@@ -271,6 +284,19 @@ def test_resolve_file_works_without_a_database_and_refuses_legacy(tmp_path):
         registry.resolve_file(path, "public.gone")
     with pytest.raises(registry.NotRegistered, match="does not exist; run phase4c_service_updates"):
         registry.resolve_file(tmp_path / "nothing.json", "tracking.cfg")
+
+
+def test_export_location(monkeypatch, tmp_path):
+    from consolidation import config
+
+    monkeypatch.delenv(registry.EXPORT_DIR_ENV, raising=False)
+    assert registry.export_path() == config.state_dir() / "registry" / "registry.json"
+    monkeypatch.setenv(registry.EXPORT_DIR_ENV, str(tmp_path / "env"))
+    assert registry.export_path() == tmp_path / "env" / "registry.json"
+    assert registry.export_path(tmp_path / "param") == tmp_path / "param" / "registry.json"  # the DAG param wins
+    (tmp_path / "env").mkdir()
+    _export(tmp_path / "env", [_entry("public.x", "raw_data", "x")])
+    assert registry.resolve_file(None, "public.x").qualified == "raw_data.x"
 
 
 @pytest.mark.parametrize("text, message", [

@@ -38,9 +38,14 @@ Which columns are exposed, and why:
   data_source, default 'splits') show the default where the legacy row had NULL; the
   entry records `default` so the 4C gate compares the legacy side with it applied.
 
+Services run as the roles that read the legacy tables: 4C grants those roles SELECT on the
+registry and, where missing, on each entry's consolidated table (additive; listed in the
+ledger row of the group).
+
 The 4C gate (registry_checks) proves every claim above against the data: each migrated
 step has its entry, no entry points into a legacy schema, every entry resolves (relation,
-columns, filter column), and each entry returns exactly the legacy table's rows.
+columns, filter column), every legacy reader can read the registry and the entry's table,
+and each entry returns exactly the legacy table's rows.
 Nothing here returns a legacy schema: the resolvers refuse an entry pointing into one.
 """
 from __future__ import annotations
@@ -226,8 +231,9 @@ def resolve_file(path: str | Path | None, name: str) -> Resolved:
 
 
 # ----------------------------------------------------------------------- the table
-def ensure_registry(conn, plan: Plan) -> None:
-    """Create the registry table if missing (additive, idempotent)."""
+def ensure_registry(conn, plan: Plan) -> list[str]:
+    """Create the registry table if missing and let the legacy tables' readers read it
+    (additive, idempotent); returns those roles."""
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.tool_schema)))
     conn.execute(sql.SQL("""
         CREATE TABLE IF NOT EXISTS {reg} (
@@ -250,6 +256,23 @@ def ensure_registry(conn, plan: Plan) -> None:
             CHECK ((filter_column IS NULL) = (filter_op IS NULL)),
             CHECK (filter_op IS DISTINCT FROM '=' OR filter_value IS NOT NULL)
         )""").format(reg=tool_ident(plan, "registry")))
+    return grant_readers(conn, plan)
+
+
+def grant_readers(conn, plan: Plan) -> list[str]:
+    """Let every role that may read a legacy table read the registry: services run as those
+    roles (carry_read_grants does the same for each entry's consolidated table). Idempotent."""
+    roles = [r[0] for r in conn.execute(
+        "SELECT DISTINCT r.rolname FROM pg_class AS c "
+        "JOIN pg_namespace AS n ON n.oid = c.relnamespace CROSS JOIN LATERAL aclexplode(c.relacl) AS a "
+        "JOIN pg_roles AS r ON r.oid = a.grantee "
+        "WHERE n.nspname = ANY(%s) AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner "
+        "ORDER BY 1", (list(plan.legacy_schemas),)).fetchall()]
+    for role in roles:
+        ident = sql.Identifier(role)
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(plan.tool_schema), ident))
+        conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(tool_ident(plan, "registry"), ident))
+    return roles
 
 
 def _exists(conn, plan: Plan) -> bool:
@@ -417,11 +440,14 @@ def register_group(conn, plan: Plan, legacy_schema: str, *, run_id: str, user: s
         catalog, specs = load_specs(conn, plan)
         rows = planned_entries(conn, plan, legacy_schema, catalog=catalog, specs=specs)
         changed = upsert(conn, plan, rows, run_id=run_id, user=user)
+        granted = carry_read_grants(conn, rows)
         lines = [f"{r['logical_name']} -> {r['physical_schema']}.{r['physical_table']}"
                  + (f" ({_filter_text(r)})" if r["filter_column"] else "")
                  + ("" if r["logical_name"] in changed else " (unchanged)") for r in rows]
-        entry.finish(conn, ledger.SUCCESS, f"{len(rows)} entries, {len(changed)} set or changed",
-                     details={"entries": [r["logical_name"] for r in rows], "changed": changed})
+        lines += [f"granted {g['role']} SELECT on {g['target']} (it reads {g['logical_name']})" for g in granted]
+        entry.finish(conn, ledger.SUCCESS, f"{len(rows)} entries, {len(changed)} set or changed, "
+                     f"{len(granted)} read grants carried over",
+                     details={"entries": [r["logical_name"] for r in rows], "changed": changed, "granted": granted})
         conn.commit()
         return lines
     except Exception as exc:
@@ -429,6 +455,44 @@ def register_group(conn, plan: Plan, legacy_schema: str, *, run_id: str, user: s
         entry.finish(conn, ledger.FAILED, f"{type(exc).__name__}: {exc}")
         conn.commit()
         raise
+
+
+def missing_read_grants(entries_from: sql.Composable) -> sql.Composed:
+    """Roles that may SELECT a legacy table but not its registered home (or its schema).
+
+    `entries_from` is a FROM item aliased e with logical_name, legacy_schema, legacy_table,
+    physical_schema, physical_table. Columns: logical_name, role, target, missing.
+    """
+    return sql.SQL("""
+        SELECT e.logical_name, ro.rolname AS role, e.physical_schema || '.' || e.physical_table AS target,
+               CASE WHEN NOT has_schema_privilege(ro.oid, e.physical_schema, 'USAGE') THEN 'USAGE on schema'
+                    ELSE 'SELECT' END AS missing
+          FROM {src}
+          JOIN pg_class AS c ON c.oid = to_regclass(quote_ident(e.legacy_schema) || '.' || quote_ident(e.legacy_table))
+         CROSS JOIN LATERAL aclexplode(c.relacl) AS a
+          JOIN pg_roles AS ro ON ro.oid = a.grantee
+         WHERE a.privilege_type = 'SELECT' AND a.grantee <> c.relowner
+           AND to_regclass(quote_ident(e.physical_schema) || '.' || quote_ident(e.physical_table)) IS NOT NULL
+           AND EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = e.physical_schema)
+           AND NOT (has_schema_privilege(ro.oid, e.physical_schema, 'USAGE') AND has_table_privilege(ro.oid,
+                    to_regclass(quote_ident(e.physical_schema) || '.' || quote_ident(e.physical_table)), 'SELECT'))""").format(
+        src=entries_from)
+
+
+def carry_read_grants(conn, rows: list[dict]) -> list[dict]:
+    """A service that could read a legacy table can read its consolidated home: grant SELECT
+    (and USAGE on the schema) where missing. Additive; returns what was granted."""
+    src = sql.SQL("jsonb_to_recordset(%s::jsonb) AS e(logical_name text, legacy_schema text, legacy_table text, "
+                  "physical_schema text, physical_table text)")
+    cur = conn.execute(missing_read_grants(src), (json.dumps(rows, default=str),))
+    granted = [dict(zip([d.name for d in cur.description], r)) for r in cur.fetchall()]
+    for g in granted:
+        schema, table = next((r["physical_schema"], r["physical_table"]) for r in rows
+                             if r["logical_name"] == g["logical_name"])
+        role = sql.Identifier(g["role"])
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
+        conn.execute(sql.SQL("GRANT SELECT ON {}.{} TO {}").format(sql.Identifier(schema), sql.Identifier(table), role))
+    return granted
 
 
 def _filter_text(e: dict) -> str:
@@ -533,6 +597,18 @@ def registry_checks(conn, plan: Plan, *, export_file: Path | None = None) -> lis
                   "SELECT r.logical_name, r.physical_schema || '.' || r.physical_table, 'maps no column' "
                   "FROM {reg} AS r WHERE jsonb_array_length(r.columns) = 0").format(reg=reg, rel=relation))),
     ]
+    checks.append(Check(
+        name="legacy_readers_can_read", table=reg_name, kind="rows",
+        description="every role that may read a legacy table may read the registry and the entry's consolidated table",
+        query=render(sql.SQL(
+            "{missing} UNION ALL "
+            "SELECT DISTINCT e.logical_name, ro.rolname, {reg_lit}, 'SELECT on the registry' "
+            "FROM {reg} AS e JOIN pg_class AS c ON c.oid = to_regclass(quote_ident(e.legacy_schema) || '.' || "
+            "quote_ident(e.legacy_table)) CROSS JOIN LATERAL aclexplode(c.relacl) AS a "
+            "JOIN pg_roles AS ro ON ro.oid = a.grantee WHERE a.privilege_type = 'SELECT' AND a.grantee <> c.relowner "
+            "AND NOT has_table_privilege(ro.oid, {reg_lit}, 'SELECT')").format(
+            missing=missing_read_grants(sql.SQL("{} AS e").format(reg)), reg=reg,
+            reg_lit=lit(sql.Identifier(*plan.tool_table("registry")).as_string(conn))))))
     checks += _same_rows_checks(conn, plan)
     if export_file is not None:
         checks.append(_export_check(conn, plan, export_file))

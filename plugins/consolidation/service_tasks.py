@@ -18,10 +18,10 @@ def prepare_registry_task(**context) -> str:
 
     plan = _plan()
     with task_connection() as (_, conn):
-        ensure_registry(conn, plan)
+        readers = ensure_registry(conn, plan)
         conn.commit()
     name = ".".join(plan.tool_table("registry"))
-    print(f"registry table {name} ready")
+    print(f"registry table {name} ready; readable by {', '.join(readers) or 'its owner only'}")
     return name
 
 
