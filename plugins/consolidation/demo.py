@@ -69,8 +69,74 @@ def run(args) -> int:
         if state != "success":
             print(f"\n{dag_id} ended {state}: see {log_path}; nothing after it was run")
             return 1
+    else:
+        if (config.REPO_ROOT / "dags" / "phase4d_legacy_cleanup.py").exists():
+            state = _run_cleanup_with_cli_approval(dsn, log_path)
+            _summarise(dsn, "4D", "phase4d_legacy_cleanup", state)
+            if state != "success":
+                print(f"\nphase4d_legacy_cleanup ended {state}: see {log_path}")
+                return 1
+            _print_report(dsn)
     print(f"\nledger: {'.'.join(_plan().tool_table('ledger'))} in {db.redact(dsn)}")
     return 0
+
+
+def _run_cleanup_with_cli_approval(dsn: str, log_path: Path) -> str:
+    """4D waits in its approval sensor; the demo approves from the command line meanwhile."""
+    import getpass
+    import json
+
+    from . import approvals
+
+    plan = _plan()
+    dag_id = "phase4d_legacy_cleanup"
+    print(f"\n== airflow dags test {dag_id} (destructive: waits for an approval) ...", flush=True)
+    started = time.monotonic()
+    cmd = [sys.executable, "-m", "airflow", "dags", "test", dag_id, "--conf",
+           json.dumps({"approval_poke_seconds": 2, "approval_timeout_hours": 0.25})]
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n\n===== {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        request = None
+        while proc.poll() is None and request is None:
+            time.sleep(2)
+            with db.connect(dsn) as conn:
+                if approvals.table_exists(conn, plan):
+                    found = approvals.pending(conn, plan)
+                    request = found[0] if found else None
+        if request is not None:
+            who = getpass.getuser()
+            print(f"   the sensor is waiting for approval of request {request.id} "
+                  f"(fingerprint {request.fingerprint[:16]}...)")
+            approve = [sys.executable, "-m", "consolidation", "approve", "--by", who, "--reason",
+                       "make demo: backups verified by the DAG, reconciliation digest unchanged"]
+            print(f"   approving from the command line while it waits:\n     python -m consolidation approve "
+                  f"--by {who} --reason \"make demo: ...\"")
+            env = dict(os.environ, CONSOLIDATION_DB_URL=dsn)
+            done = subprocess.run(approve, env=env, capture_output=True, text=True)
+            print("   " + (done.stdout.strip() or done.stderr.strip()).replace("\n", "\n   "))
+        proc.wait()
+    text = log_path.read_text(encoding="utf-8", errors="replace")
+    tail = text[text.rfind("===== "):]
+    state = "success" if proc.returncode == 0 and "state=success" in tail else "failed"
+    print(f"   {dag_id}: {state} in {time.monotonic() - started:.0f} s")
+    return state
+
+
+def _print_report(dsn: str) -> None:
+    from . import ledger
+
+    plan = _plan()
+    with db.connect(dsn) as conn:
+        row = ledger.latest(conn, plan, phase="4D", kind="report")
+    if row is None:
+        print("\nno completion report was recorded")
+        return
+    files = {k: v for k, v in (row.get("details") or {}).items() if "path" in k or k in ("markdown", "html")}
+    print("\ncompletion report:")
+    for key, value in files.items():
+        print(f"   {key}: {value}")
 
 
 def _plan():

@@ -107,16 +107,24 @@ def ddl_for(spec: TargetSpec, catalog: Catalog, conn) -> list[DDL]:
         stmts.append(sql.SQL("CREATE {}INDEX {} ON {} USING {} ({})").format(
             sql.SQL("UNIQUE " if ix.unique else ""), sql.Identifier(ix.name), ident, sql.Identifier(ix.method),
             sql.SQL(", ").join(map(sql.Identifier, ix.columns))))
-    # Carry the application's table grants over from the source(s).
+    stmts += _grants(spec, catalog)
+    out.append(DDL("table", spec.qualified, stmts, {"kind": "table", "notes": spec.notes}))
+    return out
+
+
+def _grants(spec: TargetSpec, catalog: Catalog) -> list[sql.Composable]:
+    """The application's grants on the source(s), carried over to the target (tables and views)."""
+    stmts: list[sql.Composable] = []
     for step in spec.steps:
         for grant in catalog.grants.get(step.source, []):
             grantee, privs = grant.split(":", 1)
             allowed = [p for p in privs.split(",") if p in ("SELECT", "INSERT", "UPDATE", "DELETE")]
+            if spec.kind == "view":
+                allowed = [p for p in allowed if p == "SELECT"]
             if allowed:
                 stmts.append(sql.SQL("GRANT {} ON {} TO {}").format(
-                    sql.SQL(", ").join(sql.SQL(p) for p in allowed), ident, sql.Identifier(grantee)))
-    out.append(DDL("table", spec.qualified, stmts, {"kind": "table", "notes": spec.notes}))
-    return out
+                    sql.SQL(", ").join(sql.SQL(p) for p in allowed), spec.ident, sql.Identifier(grantee)))
+    return stmts
 
 
 def finalize_ddl(specs: dict[str, TargetSpec], catalog: Catalog, conn) -> list[DDL]:
@@ -128,8 +136,10 @@ def finalize_ddl(specs: dict[str, TargetSpec], catalog: Catalog, conn) -> list[D
                 diff = compare_existing(spec, catalog)
                 if diff:
                     raise TargetConflict("\n".join(diff))
-            out.append(DDL("view", spec.qualified, [sql.SQL("CREATE OR REPLACE VIEW {} AS {}").format(
-                spec.ident, sql.SQL(spec.view_definition.strip().rstrip(";")))], {"kind": "view"}))
+            stmts = [sql.SQL("CREATE OR REPLACE VIEW {} AS {}").format(
+                spec.ident, sql.SQL(spec.view_definition.strip().rstrip(";")))]
+            stmts += _grants(spec, catalog)
+            out.append(DDL("view", spec.qualified, stmts, {"kind": "view"}))
             continue
         if not spec.foreign_keys:
             continue
