@@ -18,7 +18,8 @@ from consolidation.plan import load_plan
 def test_operator_runs_4a_through_the_scheduler_then_stop_leaves_nothing(make_db, legacy_db, tmp_path):
     af = local_airflow.LocalAirflow(
         home=tmp_path / "airflow", port=local_airflow.free_port(),
-        meta_url=local_airflow.sqlalchemy_url(make_db()), target_dsn=legacy_db)
+        meta_url=local_airflow.sqlalchemy_url(make_db()), target_dsn=legacy_db,
+        log_server_ports=(local_airflow.free_port(), local_airflow.free_port()))
     try:
         af.start(timeout=400)
         pids = af.running()

@@ -139,6 +139,7 @@ class LocalAirflow:
     target_dsn: str | None = None        # consolidation_db; None: CONSOLIDATION_DB_URL or embedded betting
     components: tuple[str, ...] = COMPONENTS
     extra_env: dict[str, str] = field(default_factory=dict)
+    log_server_ports: tuple[int, int] = (8793, 8794)  # serve-logs of the scheduler/worker, of the triggerer
     echo: Callable[[str], None] = print
     _settings: dict | None = field(default=None, init=False, repr=False)
 
@@ -235,6 +236,8 @@ class LocalAirflow:
             "AIRFLOW__API__SECRET_KEY": s["secret_key"],
             "AIRFLOW__API_AUTH__JWT_SECRET": s["jwt_secret"],
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.log_server_ports[0]),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.log_server_ports[1]),
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW_CONN_CONSOLIDATION_DB": dsn_to_airflow_uri(s["target_dsn"]),
         })
@@ -245,10 +248,11 @@ class LocalAirflow:
     def pid(self, component: str) -> int | None:
         """The component's pid when it is running (a stale pid file is removed)."""
         try:
-            pid = int(self.pid_file(component).read_text().strip())
+            pid, _, started = self.pid_file(component).read_text().strip().partition(" ")
+            pid = int(pid)
         except (OSError, ValueError):
             return None
-        if _is_our_airflow(pid):
+        if _alive(pid, started or None):
             return pid
         self.pid_file(component).unlink(missing_ok=True)
         return None
@@ -300,7 +304,7 @@ class LocalAirflow:
         proc = subprocess.Popen(argv, env=env, cwd=config.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
-        self.pid_file(component).write_text(f"{proc.pid}\n")
+        self.pid_file(component).write_text(f"{proc.pid} {_start_time(proc.pid) or ''}".strip() + "\n")
         self.echo(f"started {component} (pid {proc.pid}, log {self.log_file(component)})")
         return proc.pid
 
@@ -316,7 +320,7 @@ class LocalAirflow:
             stopped.append(component)
         deadline = time.monotonic() + timeout
         for component in stopped:
-            pid = int(self.pid_file(component).read_text())
+            pid = int(self.pid_file(component).read_text().split()[0])
             while _group_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.3)
             if _group_alive(pid):
@@ -425,7 +429,7 @@ class LocalAirflow:
 
 
 def _argv(component: str) -> list[str]:
-    if component == "celery-worker":
+    if component == "celery-worker":  # serves [operators] default_queue
         return ["celery", "worker", "--concurrency", "2"]
     return [component]
 
@@ -448,17 +452,36 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _is_our_airflow(pid: int) -> bool:
-    """pid is alive and runs `python -m airflow ...` (guards against pid reuse)."""
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), or None."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()  # setproctitle may rewrite it: "airflow api_server"
-    except OSError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    """pid runs and is the process we started (same start time: proctitles change, pids get reused)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    now = _start_time(pid)
+    if started and now and now != started:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    if state == "Z":
         try:
-            os.kill(pid, 0)
-            return True
-        except OSError:
-            return False
-    return b"airflow" in cmdline
+            os.waitpid(pid, os.WNOHANG)  # our own child: reap it
+        except ChildProcessError:
+            pass
+        return False
+    return True
 
 
 def _signal_group(pid: int, sig: int) -> None:
