@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("consolidation.decisions:register_status", "phases, their latest gates, and any pending cleanup approval"),
     "airflow-local": ("consolidation.local_airflow:register", "Airflow with its UI on this machine (make airflow): start | stop | status"),
     "demo": ("consolidation.demo:register", "the whole job on the configured database, through the DAGs"),
+    "report": ("consolidation.report:register", "write the Phase 4 completion report (Markdown + HTML): [--run ID] [--out DIR]"),
 }
 
 EXIT_UNREACHABLE = 2

@@ -40,6 +40,12 @@ def require_gate(conn, plan: Plan, phase: str) -> dict:
         raise PhaseRefused(
             f"{phase} refused: the latest {before} gate (run {row['run_id']}, finished {row['finished_at']:%Y-%m-%d %H:%M:%S %Z}) "
             f"did not pass: {row['message'] or row['status']}; fix it and re-run {DAG_OF[before]}")
+    rolled = conn.execute(sql.SQL("SELECT finished_at FROM {} WHERE kind = 'rollback' AND status = 'success' "
+                                  "AND id > %s ORDER BY id DESC LIMIT 1").format(tool_ident(plan, "ledger")),
+                          (row["id"],)).fetchone()
+    if rolled:  # a rollback (phase4_rollback) undid what that gate proved
+        raise PhaseRefused(f"{phase} refused: Phase 4 was rolled back at {rolled[0]:%Y-%m-%d %H:%M:%S %Z}, after "
+                           f"the {before} gate of run {row['run_id']} passed; start again with {DAG_OF['4A']}")
     if row.get("details", {}).get("plan_sha256") not in (None, plan.sha256):
         raise PhaseRefused(f"{phase} refused: the {before} gate passed for another version of the plan; "
                            f"re-run {DAG_OF[before]} with the current plan")

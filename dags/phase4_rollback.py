@@ -1,0 +1,39 @@
+"""Phase 4 rollback: restore dropped legacy schemas from their backups, then undo what 4A/4B created."""
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param, task
+
+from consolidation import cleanup_tasks
+
+DOC = """
+### Phase 4 rollback
+1. **assess**: which legacy schemas 4D dropped, what 4A/4B created (the ledger) and the undo log.
+2. **restore_legacy** (only after a cleanup): the dropped legacy schemas restored from their 4D backups with
+   pg_restore, all in one transaction; every table then equals the checksum recorded when it was dumped.
+   Foreign keys 4D removed between legacy schemas are re-created.
+3. **undo_migration** (skipped with `restore_only=true`): removes exactly what 4A and 4B created - the rows
+   inserted into tables that existed before (undo log), the values a merge overwrote (before-images), added
+   columns and constraints, then the tables, views and schemas 4A created - in one transaction, every drop
+   RESTRICT. Refuses, naming it and changing nothing, when a created table holds rows that did not come from
+   the plan, or when anything Phase 4 did not create depends on what it would remove. Recorded in the ledger
+   (kind 'rollback'); afterwards Phase 4 starts again from 4A.
+The tool's own tables (ledger, approvals, ...) keep the history.
+"""
+
+with DAG(
+    dag_id="phase4_rollback",
+    description="Phase 4 rollback: back to the database as it was before Phase 4",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=DOC,
+    params={"restore_only": Param(False, type="boolean",
+                                  description="only restore the dropped legacy schemas; keep the consolidated tables")},
+    tags=["consolidation", "phase4", "rollback"],
+) as dag:
+    assess = task(task_id="assess")(cleanup_tasks.assess_task)()
+    restore = task(task_id="restore_legacy", retries=0)(cleanup_tasks.restore_task)()
+    undo = task(task_id="undo_migration", retries=0)(cleanup_tasks.undo_task)()
+    assess >> restore >> undo

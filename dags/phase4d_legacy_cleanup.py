@@ -1,0 +1,102 @@
+"""Phase 4D: back up and drop the legacy schemas, after a person approved; post-cleanup gate and report."""
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param, TaskGroup, task
+
+from consolidation import cleanup_tasks, tasks
+from consolidation.plan import load_plan
+from consolidation.sensors import CleanupApprovalSensor
+
+plan = load_plan()  # a YAML read: no database at parse time
+
+DOC = """
+### Phase 4D: legacy cleanup (destructive, approved, backed up)
+1. **require_4C_gate**: refuses to start unless the latest 4C gate passed.
+2. **preflight**: the inventory again (an object in a legacy schema that the plan does not name, or an object
+   elsewhere that depends on a legacy one, blocks, named) and the 4B reconciliation again. Rows written to a
+   legacy table after 4B block the cleanup, named with their counts, unless the run sets
+   `resync_late_rows=true`: then the affected 4B steps are re-run (idempotent) and proven again. The 4B gate
+   checks run as a Great Expectations checkpoint (`reconcile_4D`) and must pass.
+3. **open_request**: an approval request bound to the fingerprint of the data (plan sha256 + reconciliation
+   digest), taken after any re-sync. Its id goes to the sensor via XCom; the log says how to approve.
+4. **wait_for_approval** (reschedule mode, no worker slot held): until a person approves - UI DAG
+   `phase4d_cleanup_approval`, or `python -m consolidation approve --by NAME --reason TEXT`. A rejection ends
+   the run at the next poke, nothing dropped; an approval of data that changed since the request is refused.
+   Waits at most `approval_timeout_hours` (default 72).
+5. **backup**: every legacy schema dumped with pg_dump (custom format) from one snapshot in which the approved
+   fingerprint is verified again; size, sha256 and per-table checksums to the ledger; each archive proven
+   readable (pg_restore --list) before anything is dropped. Folder: `backup_dir`, else
+   CONSOLIDATION_BACKUP_DIR/<run id> (default .state/backups/<run id>).
+6. **one TaskGroup per legacy schema** (one after the other): the archive is re-checked, then in ONE
+   transaction the schema's planned objects are locked, compared with the backup checksums, and dropped with
+   RESTRICT - views first, tables in dependency order - then the schema. Anything unplanned in the way stops
+   the drop, named, and nothing of that schema is dropped. `public` is kept, emptied, unless the plan sets
+   `legacy_schemas.public.drop_schema: true`.
+7. **gate_4D** (Great Expectations): only the consolidated schemas (and a kept public) hold user objects, every
+   migrated table accepts an insert with default keys (rolled back), every consolidated table holds exactly
+   the rows it held at backup time.
+8. **report**: Markdown + self-contained HTML (`report_dir`, else CONSOLIDATION_REPORT_DIR/<run id>).
+"""
+
+
+class ApprovalSensor(CleanupApprovalSensor):
+    """CleanupApprovalSensor whose poke interval is the run's `approval_poke_seconds` param."""
+
+    template_fields = (*CleanupApprovalSensor.template_fields, "poke_seconds")
+
+    def __init__(self, *, poke_seconds: str | float = 60, **kwargs):
+        super().__init__(**kwargs)
+        self.poke_seconds = poke_seconds
+
+    def execute(self, context):
+        self.poke_interval = max(1.0, float(self.poke_seconds))
+        return super().execute(context)
+
+
+with DAG(
+    dag_id="phase4d_legacy_cleanup",
+    description="Phase 4D: back up and drop the legacy schemas after approval",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=DOC,
+    params={
+        "resync_late_rows": Param(False, type="boolean",
+                                  description="rows found in legacy tables after 4B: false = block and name them; "
+                                              "true = re-run the affected 4B steps and prove them again"),
+        "approval_timeout_hours": Param(72, type="number", minimum=0,
+                                        description="how long to wait for a decision before the run fails"),
+        "approval_poke_seconds": Param(60, type="number", minimum=1,
+                                       description="how often the approvals table is read while waiting"),
+        "backup_dir": Param("", type="string",
+                            description="folder for the archives (empty: CONSOLIDATION_BACKUP_DIR/<run id>)"),
+        "report_dir": Param("", type="string",
+                            description="folder for report.md/report.html (empty: CONSOLIDATION_REPORT_DIR/<run id>)"),
+    },
+    tags=["consolidation", "phase4", "destructive"],
+) as dag:
+    guard = task(task_id="require_4C_gate")(tasks.require_gate_task)(phase="4D")
+    preflight = task(task_id="preflight")(cleanup_tasks.preflight_task)()
+    request = task(task_id="open_request")(cleanup_tasks.open_request_task)()
+    wait = ApprovalSensor(
+        task_id="wait_for_approval",
+        request_task_id="open_request",
+        validity_hours=24,
+        timeout_hours="{{ params.approval_timeout_hours }}",
+        poke_seconds="{{ params.approval_poke_seconds }}",
+        mode="reschedule",
+        retries=0,
+    )
+    backup = task(task_id="backup", retries=0)(cleanup_tasks.backup_task)()
+    gate = task(task_id="gate_4D")(cleanup_tasks.gate_4d_task)()
+    report = task(task_id="report")(cleanup_tasks.report_task)()
+    guard >> preflight >> request >> wait >> backup
+    previous = backup
+    for schema in plan.legacy_schemas:
+        with TaskGroup(group_id=schema, tooltip=f"drop what the plan lists in {schema}") as group:
+            task(task_id="drop", retries=0)(cleanup_tasks.drop_task)(schema=schema)
+        previous >> group
+        previous = group  # one schema at a time: cross-schema foreign keys never deadlock two drops
+    previous >> gate >> report

@@ -1,0 +1,370 @@
+"""Phase 4D run as a DAG (dag.test) against the real server: approval from the CLI while the
+sensor waits, rejection, stale fingerprint, unplanned objects, late rows, backups that
+restore to identical checksums, and the completion report.
+
+Setup: one database per module is migrated (4A/4B through the engine, 4C through its DAG
+when present) and cloned per test; one full 4D run is shared by the tests that inspect a
+cleaned database. Checksums here are computed test-side (table_md5), not by the engine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from consolidation import backup, cleanup, ledger
+from consolidation.plan import load_plan
+
+from conftest import REPO_ROOT, dbname_of
+from test_phase4ab import engine_4a, engine_4b, gate_4b, q, table_md5
+
+PLAN = load_plan()
+DAG = "phase4d_legacy_cleanup"
+FAST = {"approval_poke_seconds": 1, "approval_timeout_hours": 0.05}
+
+
+def snapshot(dsn: str, schemas) -> dict[str, tuple[str, int]]:
+    """{schema.table: (md5, rows)} of every table in the given schemas, the tool's tables excepted."""
+    with psycopg.connect(dsn) as conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p') AND c.relname NOT LIKE 'consolidation\\_%%' "
+            "ORDER BY 1", (list(schemas),)).fetchall()]
+        return {n: table_md5(conn, n) for n in names}
+
+
+def cli(*args: str, dsn: str):
+    """`python -m consolidation ...` against `dsn` (like conftest's run_cli, usable from module fixtures)."""
+    env = dict(os.environ, CONSOLIDATION_DB_URL=dsn)
+    return subprocess.run([sys.executable, "-m", "consolidation", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+def record_4c_gate(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        ledger.record(conn, PLAN, status="success", run_id="test-4c", phase="4C", kind="gate", name="gate_4C",
+                      details={"plan_sha256": PLAN.sha256})
+        conn.commit()
+
+
+@pytest.fixture(scope="module")
+def template_4c(make_session_db, fixture_template, airflow_dags, run_dag) -> str:
+    """A database through 4A, 4B (engine) and 4C (its DAG when present); clone it per test."""
+    dsn = make_session_db(template=fixture_template)
+    engine_4a(dsn)
+    engine_4b(dsn)
+    gate_4b(dsn)
+    if "phase4c_service_updates" in airflow_dags.dags:
+        assert run_dag("phase4c_service_updates", dsn) == "success"
+    else:
+        record_4c_gate(dsn)
+    return dsn
+
+
+class Decider:
+    """Decides on the cleanup request from another thread while dag.test() runs the sensor:
+    waits for a pending request, optionally changes the data first, then calls the CLI."""
+
+    def __init__(self, dsn, decision="approve", before=None, reason="reviewed the 4B gate and backups"):
+        self.dsn, self.decision, self.before, self.reason = dsn, decision, before, reason
+        self.result = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join(timeout=120)
+
+    def _pending(self):
+        with psycopg.connect(self.dsn) as conn:
+            if not conn.execute("SELECT to_regclass('operational.consolidation_approvals')").fetchone()[0]:
+                return None
+            row = conn.execute("SELECT id FROM operational.consolidation_approvals WHERE status = 'pending'").fetchone()
+            return row[0] if row else None
+
+    def _run(self):
+        try:
+            deadline = time.monotonic() + 300
+            while (req := self._pending()) is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no approval request appeared")
+                time.sleep(0.5)
+            if self.before:
+                with psycopg.connect(self.dsn) as conn:
+                    conn.execute(self.before)
+            self.result = cli(self.decision, "--by", "owner", "--reason", self.reason,
+                                       "--request", str(req), dsn=self.dsn)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+def request_rows(dsn):
+    with psycopg.connect(dsn) as conn:
+        cur = conn.execute("SELECT * FROM operational.consolidation_approvals ORDER BY id")
+        return [dict(zip([d.name for d in cur.description], r)) for r in cur.fetchall()]
+
+
+def legacy_intact(dsn, before) -> None:
+    assert snapshot(dsn, PLAN.legacy_schemas) == before
+    with psycopg.connect(dsn) as conn:
+        assert not ledger.rows(conn, PLAN, "phase = '4D' AND kind IN ('backup', 'ddl')")
+
+
+# ------------------------------------------------------------------ the full run
+@pytest.fixture(scope="module")
+def cleaned(template_4c, make_session_db, run_dag, tmp_path_factory):
+    """One full 4D run, approved from the CLI while the sensor waits."""
+    dsn = make_session_db(template=dbname_of(template_4c))
+    before = snapshot(dsn, PLAN.legacy_schemas)
+    targets_before = snapshot(dsn, PLAN.consolidated_schemas)
+    out = tmp_path_factory.mktemp("4d")
+    conf = FAST | {"backup_dir": str(out / "backup"), "report_dir": str(out / "report")}
+    with Decider(dsn) as decider:
+        state = run_dag(DAG, dsn, conf)
+    assert decider.error is None, decider.error
+    assert decider.result.returncode == 0, decider.result.stderr
+    with psycopg.connect(dsn) as conn:
+        run_id = ledger.latest(conn, PLAN, phase="4D", kind="gate", name="gate_4D")["run_id"]
+    return {"dsn": dsn, "state": state, "before": before, "targets_before": targets_before, "out": out,
+            "run_id": run_id}
+
+
+def test_full_cleanup_drops_only_after_approval_and_backup(cleaned):
+    assert cleaned["state"] == "success"
+    dsn = cleaned["dsn"]
+    with psycopg.connect(dsn) as conn:
+        schemas = {r[0] for r in conn.execute("SELECT nspname FROM pg_namespace").fetchall()}
+        for s, legacy in PLAN.legacy_schemas.items():
+            assert (s in schemas) == (not legacy.drop_schema), s
+        # public is kept (plan default) and empty
+        assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace").fetchone()[0] == 0
+        # the approval: requested, approved from the CLI by 'owner', verified, before the first backup
+        req = request_rows(dsn)[-1]
+        assert (req["status"], req["decided_by"], req["decided_via"]) == ("approved", "owner", "cli")
+        events = ledger.rows(conn, PLAN, "run_id = %s", (cleaned["run_id"],))
+        order = [(r["kind"], r["name"]) for r in events]
+        verified = order.index(("approval", "approval_verified")) if ("approval", "approval_verified") in order else None
+        first_backup = next(i for i, (k, n) in enumerate(order) if k == "backup")
+        first_drop = next(i for i, (k, _) in enumerate(order) if k == "ddl")
+        approved_at = next(r["finished_at"] for r in ledger.rows(conn, PLAN, "kind = 'approval' AND name = 'approve'"))
+        backup_rows = [r for r in events if r["kind"] == "backup"]
+        assert all(r["started_at"] > approved_at for r in backup_rows)
+        assert first_backup < first_drop and (verified is None or verified < first_backup)
+        gates = {r["name"]: r["status"] for r in events if r["kind"] == "gate"}
+        assert gates == {"reconcile_4D": "success", "gate_4D": "success"}
+    # the consolidated tables are untouched by the drop, row for row
+    assert snapshot(dsn, PLAN.consolidated_schemas) == cleaned["targets_before"]
+
+
+def test_backup_archives_are_recorded_readable_and_complete(cleaned):
+    dsn, before = cleaned["dsn"], cleaned["before"]
+    with psycopg.connect(dsn) as conn:
+        rows = backup.latest_backups(conn, PLAN, cleaned["run_id"])
+    assert set(rows) == set(PLAN.legacy_schemas)
+    for schema, row in rows.items():
+        d = row["details"]
+        path = Path(d["path"])
+        assert path.parent == cleaned["out"] / "backup"
+        assert backup.sha256_of(path) == d["sha256"] and path.stat().st_size == d["bytes"]
+        # checksums recorded per table = the test's own checksums before the cleanup (same row count)
+        assert {t: v["rows"] for t, v in d["tables"].items()} == \
+            {t: n for t, (_, n) in before.items() if t.startswith(schema + ".")}
+    # the six test tables the plan deletes are in the public archive, with data
+    entries = backup.toc(Path(rows["public"]["details"]["path"]), backup.pg_env(dsn))
+    listed = {m.group(1) for line in entries if (m := re.search(r"TABLE DATA public (\S+) ", line))}
+    deleted = {s.source_table for s in PLAN.steps if s.action == "delete"}
+    assert len(deleted) == 6 and deleted <= listed
+    manifest = json.loads((cleaned["out"] / "backup" / "manifest.json").read_text())
+    assert {a["schema"]: a["sha256"] for a in manifest["archives"]} == {s: r["details"]["sha256"] for s, r in rows.items()}
+
+
+def test_backup_restores_to_identical_checksums(cleaned, fixture_template, make_db):
+    """The archives alone rebuild the legacy schemas in an empty database, equal to the fixture."""
+    fresh = make_db()
+    with psycopg.connect(cleaned["dsn"]) as conn:
+        rows = backup.latest_backups(conn, PLAN, cleaned["run_id"])
+    with psycopg.connect(fresh) as conn:
+        ledger.ensure_tool_tables(conn, PLAN)
+        conn.commit()
+    backup.restore_schemas(fresh, PLAN, rows, run_id="restore-test", user="test")
+    assert snapshot(fresh, PLAN.legacy_schemas) == cleaned["before"]
+    with psycopg.connect(fresh) as conn:  # the cross-schema foreign key came back too
+        fk = conn.execute("SELECT confrelid = 'public.game_outcomes'::regclass FROM pg_constraint WHERE contype = 'f' "
+                          "AND conrelid = 'tracking.pre_game_recommendations'::regclass").fetchone()
+        assert fk == (True,)
+
+
+def test_report_lists_approval_gates_backups_and_is_self_contained(cleaned):
+    folder = cleaned["out"] / "report"
+    md, page = (folder / "report.md").read_text(), (folder / "report.html").read_text()
+    for text in (md, page):
+        assert "owner" in text and "reviewed the 4B gate and backups" in text  # who and why
+        for gate in ("gate_4A", "gate_4B", "reconcile_4D", "gate_4D"):
+            assert gate in text
+        assert "public.sbr_parsed_games" in text and "raw_data.sbr_parsed_games" in text
+    with psycopg.connect(cleaned["dsn"]) as conn:
+        for row in backup.latest_backups(conn, PLAN, cleaned["run_id"]).values():
+            assert row["details"]["sha256"] in md and row["details"]["sha256"] in page
+        rec = ledger.rows(conn, PLAN, "kind = 'report'")
+        assert rec and rec[-1]["details"]["html"] == str(folder / "report.html")
+    assert "<style>" in page
+    assert not re.search(r"https?://", page)
+    assert not re.search(r"<link\b|<script\b", page, re.I)
+
+
+def test_report_cli_writes_the_same_report(cleaned, run_cli, tmp_path):
+    res = run_cli("report", "--out", str(tmp_path), dsn=cleaned["dsn"])
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "report.html").exists() and "gate_4D" in (tmp_path / "report.md").read_text()
+
+
+# ------------------------------------------------------------------ refusals
+def test_4d_refuses_unless_the_latest_4c_gate_passed(template_4c, make_db, run_dag):
+    dsn = make_db(template=dbname_of(template_4c))
+    with psycopg.connect(dsn) as conn:  # a later 4C run whose gate failed
+        ledger.record(conn, PLAN, status="failed", message="gate 4C FAILED: 1 of 48 checks", run_id="r-4c-failed",
+                      phase="4C", kind="gate", name="gate_4C", details={"plan_sha256": PLAN.sha256})
+        conn.commit()
+    before = snapshot(dsn, PLAN.legacy_schemas)
+    assert run_dag(DAG, dsn, FAST) == "failed"
+    legacy_intact(dsn, before)
+    with psycopg.connect(dsn) as conn:
+        assert not ledger.rows(conn, PLAN, "phase = '4D'")  # refused before the inventory
+        assert conn.execute("SELECT to_regclass('operational.consolidation_approvals')").fetchone()[0] is None
+
+
+def test_stale_fingerprint_refuses(template_4c, make_db, run_dag):
+    dsn = make_db(template=dbname_of(template_4c))
+    change = "UPDATE backtesting.threshold_configurations SET threshold = threshold + 1 WHERE id = 3"
+    with Decider(dsn, before=change) as d:
+        assert run_dag(DAG, dsn, FAST) == "failed"
+    assert d.error is None and d.result.returncode == 0, d.result and d.result.stderr
+    req = request_rows(dsn)[-1]
+    assert req["status"] == "refused" and "copy__backtesting__threshold_configurations" in req["refusal"]
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM backtesting.threshold_configurations").fetchone()[0] == 12
+        assert not ledger.rows(conn, PLAN, "phase = '4D' AND kind IN ('backup', 'ddl')")
+
+
+def test_unplanned_table_blocks_before_asking_and_survives(template_4c, make_db, run_dag):
+    dsn = make_db(template=dbname_of(template_4c))
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE backtesting.keep_me (id int PRIMARY KEY, note text)")
+        conn.execute("INSERT INTO backtesting.keep_me VALUES (1, 'not in the plan')")
+    before = snapshot(dsn, PLAN.legacy_schemas)
+    assert run_dag(DAG, dsn, FAST) == "failed"
+    legacy_intact(dsn, before)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT note FROM backtesting.keep_me").fetchall() == [("not in the plan",)]
+        inv = ledger.rows(conn, PLAN, "phase = '4D' AND name = 'inventory_4D'")[-1]
+        assert inv["status"] == "failed"
+        assert any(f["object"] == "backtesting.keep_me" for f in inv["details"]["findings"])
+        assert conn.execute("SELECT to_regclass('operational.consolidation_approvals')").fetchone()[0] is None or \
+            not request_rows(dsn)
+
+
+def test_object_appearing_after_the_check_stops_the_drop(template_4c, make_db, tmp_path):
+    """Between the backup and the drop: an unplanned table in the schema, then an unplanned view
+    elsewhere reading a legacy table; each stops that schema's drop, named, nothing dropped."""
+    dsn = make_db(template=dbname_of(template_4c))
+    backup.take_backup(dsn, PLAN, tmp_path, run_id="race", user="test")
+    with psycopg.connect(dsn) as conn:
+        row = backup.latest_backups(conn, PLAN, "race")["splits"]
+        conn.execute("CREATE TABLE splits.newcomer (id int)")
+        conn.commit()
+        with pytest.raises(cleanup.CleanupBlocked, match="splits.newcomer"):
+            cleanup.drop_schema_objects(conn, PLAN, "splits", run_id="race", user="test", backup_row=row)
+        conn.execute("DROP TABLE splits.newcomer")
+        conn.execute("CREATE VIEW analytics.games_report AS SELECT id, home FROM splits.games")
+        conn.commit()
+        with pytest.raises(cleanup.CleanupBlocked, match="analytics.games_report.*depends on splits.games"):
+            cleanup.drop_schema_objects(conn, PLAN, "splits", run_id="race", user="test", backup_row=row)
+        assert conn.execute("SELECT count(*) FROM splits.games").fetchone()[0] == 252
+        assert conn.execute("SELECT count(*) FROM analytics.games_report").fetchone()[0] == 252
+        # and a row written after the backup stops it too: the archive would not hold it
+        conn.execute("DROP VIEW analytics.games_report")
+        conn.execute("INSERT INTO splits.sharp_actions (game_id, market) VALUES ('late', 'ml')")
+        conn.commit()
+        with pytest.raises(cleanup.CleanupBlocked, match="changed since the backup.*splits.sharp_actions"):
+            cleanup.drop_schema_objects(conn, PLAN, "splits", run_id="race", user="test", backup_row=row)
+        assert not ledger.rows(conn, PLAN, "phase = '4D' AND kind = 'ddl'")
+
+
+def test_late_row_blocks_and_is_named(template_4c, make_db, run_dag):
+    dsn = make_db(template=dbname_of(template_4c))
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO tracking.strategy_integration_log (strategy_name, action, logged_at) "
+                     "VALUES ('late_writer', 'still writing to the old name', now())")
+    before = snapshot(dsn, PLAN.legacy_schemas)
+    assert run_dag(DAG, dsn, FAST) == "failed"
+    legacy_intact(dsn, before)
+    with psycopg.connect(dsn) as conn:
+        late = ledger.rows(conn, PLAN, "phase = '4D' AND name = 'late_rows'")[-1]
+        assert late["status"] == "failed"
+        assert "tracking.strategy_integration_log: 1 row(s) not in operational.strategy_integration_log" in late["message"]
+        assert [r["step"] for r in late["details"]["late"]] == ["copy__tracking__strategy_integration_log"]
+        assert conn.execute("SELECT count(*) FROM operational.strategy_integration_log").fetchone()[0] == 138
+
+
+def test_late_row_resynced_then_rejection_ends_the_run(template_4c, make_db, run_dag):
+    """resync_late_rows=true: the 4B step runs again, the reconciliation is re-proven, and the
+    request's fingerprint is the re-synced data's. Then the owner rejects: the run ends at the
+    sensor's next poke (long before its timeout) and nothing is backed up or dropped."""
+    dsn = make_db(template=dbname_of(template_4c))
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO tracking.strategy_integration_log (strategy_name, action, logged_at) "
+                     "VALUES ('late_writer', 'still writing to the old name', now())")
+    before = snapshot(dsn, PLAN.legacy_schemas)
+    with Decider(dsn, decision="reject", reason="the services team is not ready") as d:
+        assert run_dag(DAG, dsn, FAST | {"resync_late_rows": True, "approval_timeout_hours": 1}) == "failed"
+    assert d.error is None and d.result.returncode == 0, d.result and d.result.stderr
+    legacy_intact(dsn, before)
+    from consolidation.approvals import fingerprint
+    from consolidation.reconcile import digest
+    with psycopg.connect(dsn) as conn:
+        assert table_md5(conn, "tracking.strategy_integration_log") == table_md5(conn, "operational.strategy_integration_log")
+        step = ledger.rows(conn, PLAN, "phase = '4B' AND kind = 'step' AND name = 'copy__tracking__strategy_integration_log'")[-1]
+        assert step["status"] == "success" and step["run_id"].startswith("manual__") and step["rows_inserted"] == 1
+        assert ledger.latest(conn, PLAN, phase="4D", kind="gate", name="reconcile_4D")["status"] == "success"
+        req = request_rows(dsn)[-1]
+        assert req["fingerprint"] == fingerprint(PLAN, digest(conn, PLAN))
+        assert (req["status"], req["decided_by"], req["reason"]) == ("rejected", "owner", "the services team is not ready")
+        # the sensor failed on the rejection (not on its one-hour timeout), and nothing ran after it
+        states = dict(conn.execute(
+            "SELECT name, status FROM operational.consolidation_ledger WHERE run_id = %s", (req["run_id"],)).fetchall())
+        assert "gate_4D" not in states and "report" not in states
+
+
+def test_rollback_after_cleanup_restores_then_undoes(cleaned, fixture_template, make_db, run_dag):
+    """phase4_rollback after a cleanup: first restore_only (legacy schemas back from the archives,
+    equal to their backup checksums, consolidated tables kept), then the full rollback: the
+    database equals the pre-Phase-4 fixture, table for table (the tool's own tables aside)."""
+    dsn = make_db(template=dbname_of(cleaned["dsn"]))
+    assert run_dag("phase4_rollback", dsn, {"restore_only": True}) == "success"
+    assert snapshot(dsn, PLAN.legacy_schemas) == cleaned["before"]
+    assert snapshot(dsn, PLAN.consolidated_schemas) == cleaned["targets_before"]
+    with psycopg.connect(dsn) as conn:
+        restores = ledger.rows(conn, PLAN, "kind = 'backup' AND name LIKE 'restore:%%'")
+        assert {r["target"]: r["status"] for r in restores} == {s: "success" for s in PLAN.legacy_schemas}
+        backed = backup.latest_backups(conn, PLAN, cleaned["run_id"])
+        for r in restores:  # checksums recorded after the restore = those recorded at backup time
+            assert r["details"]["tables"] == backed[r["target"]]["details"]["tables"]
+        assert not ledger.rows(conn, PLAN, "kind = 'rollback'")  # 4A/4B not undone yet
+    assert run_dag("phase4_rollback", dsn) == "success"
+    everything = list(PLAN.legacy_schemas) + list(PLAN.consolidated_schemas)
+    fresh = make_db(template=fixture_template)
+    assert snapshot(dsn, everything) == snapshot(fresh, everything)
+    with psycopg.connect(dsn) as conn:
+        assert ledger.rows(conn, PLAN, "kind = 'rollback'")[-1]["status"] == "success"
