@@ -49,10 +49,14 @@ with DAG(
     # all_done: a failed group still gets a gate that names what is missing
     gate = task(task_id="gate_4C", trigger_rule="all_done")(service_tasks.gate_4c_task)()
     guard >> prepare
+    previous = prepare
     for schema in plan.legacy_schemas:
         if not [s for s in plan.steps_for_schema(schema) if s.action != "delete"]:
             continue
         with TaskGroup(group_id=schema, tooltip=f"registry entries for {schema}'s migrated tables") as group:
             task(task_id="register")(service_tasks.register_group_task)(legacy_schema=schema)
-        prepare >> group >> export
-    export >> gate
+        previous >> group
+        # one group at a time: each register GRANTs on the shared registry/schema, and concurrent
+        # GRANTs on one object fail in PostgreSQL ("tuple concurrently updated") under a real executor
+        previous = group
+    previous >> export >> gate
