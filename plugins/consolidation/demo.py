@@ -41,9 +41,18 @@ def run(args) -> int:
     from . import fixture
     from .inventory import render, take_inventory
 
+    from . import ledger
+
     dsn = db.resolve_dsn()
     print(f"database: {db.redact(dsn)}")
     with db.connect(dsn) as conn:
+        done = ledger.latest(conn, _plan(), phase="4D", kind="gate", name="gate_4D")
+        if done is not None and done["status"] == ledger.SUCCESS:
+            print(f"Phase 4 was completed here: the 4D gate passed in run {done['run_id']} at "
+                  f"{done['finished_at']:%Y-%m-%d %H:%M:%S %Z}; the legacy schemas are gone.")
+            _print_report(dsn)
+            print("to run the demo again from scratch: make clean && make demo")
+            return 0
         if fixture.is_empty(conn):
             counts = fixture.build(conn, scale=args.scale)
             conn.commit()
