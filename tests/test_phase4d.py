@@ -155,13 +155,13 @@ def test_full_cleanup_drops_only_after_approval_and_backup(cleaned):
         assert (req["status"], req["decided_by"], req["decided_via"]) == ("approved", "owner", "cli")
         events = ledger.rows(conn, PLAN, "run_id = %s", (cleaned["run_id"],))
         order = [(r["kind"], r["name"]) for r in events]
-        verified = order.index(("approval", "approval_verified")) if ("approval", "approval_verified") in order else None
+        verified = order.index(("approval", "approval_verified"))  # the sensor re-checked the data's fingerprint
         first_backup = next(i for i, (k, n) in enumerate(order) if k == "backup")
         first_drop = next(i for i, (k, _) in enumerate(order) if k == "ddl")
         approved_at = next(r["finished_at"] for r in ledger.rows(conn, PLAN, "kind = 'approval' AND name = 'approve'"))
         backup_rows = [r for r in events if r["kind"] == "backup"]
         assert all(r["started_at"] > approved_at for r in backup_rows)
-        assert first_backup < first_drop and (verified is None or verified < first_backup)
+        assert verified < first_backup < first_drop
         gates = {r["name"]: r["status"] for r in events if r["kind"] == "gate"}
         assert gates == {"reconcile_4D": "success", "gate_4D": "success"}
     # the consolidated tables are untouched by the drop, row for row
@@ -214,6 +214,7 @@ def test_report_lists_approval_gates_backups_and_is_self_contained(cleaned):
         for gate in ("gate_4A", "gate_4B", "reconcile_4D", "gate_4D"):
             assert gate in text
         assert "public.sbr_parsed_games" in text and "raw_data.sbr_parsed_games" in text
+        assert "in the backup, dropped" in text  # the six test tables the plan deletes
     with psycopg.connect(cleaned["dsn"]) as conn:
         for row in backup.latest_backups(conn, PLAN, cleaned["run_id"]).values():
             assert row["details"]["sha256"] in md and row["details"]["sha256"] in page

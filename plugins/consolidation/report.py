@@ -57,6 +57,9 @@ def collect(conn, plan: Plan, run_id: str | None = None) -> dict:
     for r in rows:
         if r["phase"] == "4B" and r["kind"] == "step" and r["status"] != ledger.RUNNING:
             steps[r["name"]] = r  # the latest run of each step wins
+    in_backup = {t: v.get("rows") for r in of_run if r["kind"] == "backup" and r["name"].startswith("backup:")
+                 for t, v in (r["details"] or {}).get("tables", {}).items()}
+    dropped = {r["source"] for r in of_run if r["phase"] == "4D" and r["kind"] == "ddl"}
     migrated = []
     for s in plan.steps:
         r = steps.get(s.name)
@@ -72,7 +75,10 @@ def collect(conn, plan: Plan, run_id: str | None = None) -> dict:
             "read": r and r["rows_read"], "inserted": r and r["rows_inserted"], "merged": r and r["rows_merged"],
             "quarantined": r and r["rows_quarantined"],
             "already_present": r and (r["details"] or {}).get("already_present"),
-            "status": r["status"] if r else ("not migrated" if s.action == "delete" else "not run"),
+            "status": r["status"] if r else ("not run" if s.action != "delete" else
+                                             "in the backup, dropped" if s.source in dropped and s.source in in_backup
+                                             else "in the backup" if s.source in in_backup else "not migrated"),
+            "backup_rows": in_backup.get(s.source),
             "checksums_equal": (r["source_checksum"] == r["target_checksum"]) if r and r["source_checksum"] else None,
             "target_rows_now": now, "run_id": r and r["run_id"]})
 
@@ -142,11 +148,11 @@ def _tables(data: dict) -> list[tuple[str, str, list[str], list[list]]]:
              for s in schemas])]
     out.append(("tables", "Tables: rows from source to target",
                 ["source", "action", "target", "read", "inserted", "merged", "already present", "quarantined",
-                 "checksums equal", "target rows now", "status"],
+                 "checksums equal", "target rows now", "rows in the backup", "status"],
                 [[r["source"], r["action"], r["target"], _n(r["read"]), _n(r["inserted"]), _n(r["merged"]),
                   _n(r["already_present"]), _n(r["quarantined"]),
                   "-" if r["checksums_equal"] is None else ("yes" if r["checksums_equal"] else "NO"),
-                  _n(r["target_rows_now"]), r["status"]] for r in data["steps"]]))
+                  _n(r["target_rows_now"]), _n(r["backup_rows"]), r["status"]] for r in data["steps"]]))
     out.append(("conflicts", "Merges: conflicts (recorded, resolution applied)",
                 ["step", "target", "key", "column", "target value", "source value", "resolution"],
                 [[c["step"], c["target"], c["key"], c["column"], c["target_value"], c["source_value"], c["resolution"]]
