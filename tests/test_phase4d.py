@@ -280,6 +280,9 @@ def test_object_appearing_after_the_check_stops_the_drop(template_4c, make_db, t
     """Between the backup and the drop: an unplanned table in the schema, then an unplanned view
     elsewhere reading a legacy table; each stops that schema's drop, named, nothing dropped."""
     dsn = make_db(template=dbname_of(template_4c))
+    with pytest.raises(backup.BackupFailed, match="changed since the cleanup was approved"):
+        backup.take_backup(dsn, PLAN, tmp_path / "refused", run_id="race", user="test", expected_fingerprint="0" * 64)
+    assert not list((tmp_path / "refused").glob("*.dump"))  # nothing dumped for data nobody approved
     backup.take_backup(dsn, PLAN, tmp_path, run_id="race", user="test")
     with psycopg.connect(dsn) as conn:
         row = backup.latest_backups(conn, PLAN, "race")["splits"]
@@ -301,6 +304,32 @@ def test_object_appearing_after_the_check_stops_the_drop(template_4c, make_db, t
         with pytest.raises(cleanup.CleanupBlocked, match="changed since the backup.*splits.sharp_actions"):
             cleanup.drop_schema_objects(conn, PLAN, "splits", run_id="race", user="test", backup_row=row)
         assert not ledger.rows(conn, PLAN, "phase = '4D' AND kind = 'ddl'")
+        assert conn.execute("SELECT count(*) FROM splits.sharp_actions").fetchone()[0] == 1
+
+
+def test_public_is_kept_unless_the_plan_drops_it(template_4c, make_db, tmp_path):
+    """legacy_schemas.public.drop_schema: false (default) keeps public, emptied; true drops it."""
+    import yaml
+    from consolidation import config
+    from consolidation.plan import parse_plan
+
+    raw = yaml.safe_load(open(config.DEFAULT_PLAN))
+    raw["legacy_schemas"]["public"]["drop_schema"] = True
+    dropping = parse_plan(raw)
+    for plan, kept in ((PLAN, True), (dropping, False)):
+        dsn = make_db(template=dbname_of(template_4c))
+        backup.take_backup(dsn, plan, tmp_path / str(kept), run_id="pub", user="test")
+        with psycopg.connect(dsn) as conn:
+            rows = backup.latest_backups(conn, plan, "pub")
+            for schema in ("tracking", "public"):  # tracking.pre_game_recommendations -> public.game_outcomes
+                cleanup.drop_schema_objects(conn, plan, schema, run_id="pub", user="test", backup_row=rows[schema])
+            exists = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'public'").fetchone()[0] == 1
+            assert exists is kept
+            if kept:
+                assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+                                    ).fetchone()[0] == 0
+            assert conn.execute("SELECT to_regnamespace('tracking')").fetchone()[0] is None
+            assert snapshot(dsn, PLAN.consolidated_schemas) == snapshot(template_4c, PLAN.consolidated_schemas)
 
 
 def test_late_row_blocks_and_is_named(template_4c, make_db, run_dag):
