@@ -38,7 +38,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     doc_md=DOC,
-    params={"export_dir": Param("", type="string",
+    # null-able: the UI's form treats an empty required string as missing and disables Trigger
+    params={"export_dir": Param(None, type=["null", "string"],
                                 description="folder for registry.json (empty: $CONSOLIDATION_REGISTRY_DIR "
                                             "or .state/registry)")},
     tags=["consolidation", "phase4"],

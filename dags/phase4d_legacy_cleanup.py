@@ -70,9 +70,10 @@ with DAG(
                                         description="how long to wait for a decision before the run fails"),
         "approval_poke_seconds": Param(60, type="number", minimum=1,
                                        description="how often the approvals table is read while waiting"),
-        "backup_dir": Param("", type="string",
+        # null-able: the UI's form treats an empty required string as missing and disables Trigger
+        "backup_dir": Param(None, type=["null", "string"],
                             description="folder for the archives (empty: CONSOLIDATION_BACKUP_DIR/<run id>)"),
-        "report_dir": Param("", type="string",
+        "report_dir": Param(None, type=["null", "string"],
                             description="folder for report.md/report.html (empty: CONSOLIDATION_REPORT_DIR/<run id>)"),
     },
     tags=["consolidation", "phase4", "destructive"],
