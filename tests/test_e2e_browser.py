@@ -1,0 +1,199 @@
+"""End to end, as people use it: a real browser on the Airflow UI of `make airflow`.
+
+Airflow is started by the same code as `make airflow` (consolidation.local_airflow: api-server,
+scheduler, dag-processor, triggerer; LocalExecutor) on a free port, with a fresh metadata
+database and a fresh copy of the legacy fixture as consolidation_db. Debian's chromium
+(/usr/bin/chromium), driven by the `playwright` package (never `playwright install`):
+
+1. the operator signs in and triggers 4A, 4B and 4C from their trigger forms; each run succeeds;
+2. the operator triggers 4D; it stops at the approval sensor (up for reschedule) and waits;
+3. the approver signs in; the approval form refuses to submit while empty; filled in
+   (approve + reason), its run succeeds; 4D then backs up, drops and passes its gate;
+4. the approver opens the completion report from the UI's menu (Plugins > Consolidation).
+
+Screenshots of every step go to artifacts/e2e/ (git-ignored). Afterwards the database says the
+same: the request approved by `approver` via the UI, the legacy schemas gone.
+
+Skipped, with the reason, when the `playwright` package or /usr/bin/chromium is missing
+(.ci/run installs both).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from conftest import REPO_ROOT
+
+CHROMIUM = os.environ.get("CONSOLIDATION_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic", "--disable-gpu"]
+ARTIFACTS = REPO_ROOT / "artifacts" / "e2e"
+PHASE_TIMEOUT_MS = 600_000
+
+
+def _browser_missing() -> str | None:
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright package is not installed (pip install playwright==1.65.2, as .ci/run does)"
+    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
+        return f"no browser at {CHROMIUM} (apt-get install -y chromium)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_browser_missing() is not None, reason=f"e2e browser test: {_browser_missing()}")
+
+
+class Ui:
+    """One signed-in browser context, and the few gestures the scenario needs."""
+
+    def __init__(self, browser, af, user: str, shots: list[str]):
+        self.af, self.user, self.shots = af, user, shots
+        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        self.context.set_default_timeout(30_000)
+        self.page = self.context.new_page()
+
+    def shot(self, name: str) -> None:
+        path = ARTIFACTS / f"{len(self.shots) + 1:02d}-{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        self.shots.append(path.name)
+
+    def sign_in(self) -> None:
+        from playwright.sync_api import expect
+
+        page = self.page
+        page.goto(self.af.url + "/")
+        expect(page).to_have_url(re.compile(r"/auth/login"))
+        page.get_by_label("Username").fill(self.user)
+        page.get_by_label("Password").fill(self.af.passwords()[self.user])
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(self.af.url + "/")
+        expect(page.get_by_role("button", name="Plugins")).to_be_visible()
+        self.shot(f"{self.user}-signed-in")
+
+    def open_trigger_form(self, dag_id: str):
+        self.page.goto(f"{self.af.url}/dags/{dag_id}")
+        self.page.get_by_role("button", name="Trigger").first.click()
+        return self.page.get_by_role("dialog")
+
+    def submit(self, dialog, name: str) -> dict:
+        """Click the form's Trigger; the run the API created (as the UI received it)."""
+        self.shot(f"{name}-form")
+        with self.page.expect_response(lambda r: r.url.endswith("/dagRuns") and r.request.method == "POST") as resp:
+            dialog.get_by_test_id("trigger-dag-submit").click()
+        assert resp.value.status == 200, resp.value.text()
+        run = resp.value.json()
+        assert run["triggering_user_name"] == self.user
+        return run
+
+    def run_badge(self, dag_id: str, run_id: str):
+        self.page.goto(f"{self.af.url}/dags/{dag_id}/runs/{quote(run_id, safe='')}")
+        return self.page.locator("h2", has_text=run_id).locator("xpath=..").get_by_test_id("state-badge")
+
+    def wait_run(self, dag_id: str, run_id: str, state: str, name: str) -> None:
+        from playwright.sync_api import expect
+
+        badge = self.run_badge(dag_id, run_id)  # the run page refreshes itself while the run is active
+        expect(badge).to_have_text(re.compile(f"^(?:{state}|Failed)$"), timeout=PHASE_TIMEOUT_MS)
+        self.shot(f"{name}-{badge.inner_text().lower()}")
+        assert badge.inner_text() == state, f"{dag_id} run {run_id} ended {badge.inner_text()}"
+
+    def task_badge(self, task_id: str):
+        row = self.page.get_by_role("row").filter(has=self.page.get_by_role("link", name=task_id, exact=True))
+        return row.get_by_test_id("state-badge")
+
+
+def test_operator_and_approver_carry_phase_4_through_the_ui(make_db, legacy_db, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from psycopg import sql
+
+    from consolidation import local_airflow
+    from consolidation.ledger import tool_ident
+    from consolidation.db import connect
+    from consolidation.plan import load_plan
+
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    shots: list[str] = []
+    af = local_airflow.LocalAirflow(
+        home=tmp_path / "airflow", port=local_airflow.free_port(),
+        meta_url=local_airflow.sqlalchemy_url(make_db()), target_dsn=legacy_db,
+        log_server_ports=(local_airflow.free_port(), local_airflow.free_port()))
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    try:
+        af.start(timeout=400)
+        timings["airflow ready"] = time.monotonic() - started
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                # 1. the operator runs 4A, 4B, 4C from their forms
+                op = Ui(browser, af, "operator", shots)
+                op.sign_in()
+                for name, dag_id in (("4a", "phase4a_schema_extension"), ("4b", "phase4b_data_migration"),
+                                     ("4c", "phase4c_service_updates")):
+                    t = time.monotonic()
+                    run = op.submit(op.open_trigger_form(dag_id), name)
+                    op.wait_run(dag_id, run["dag_run_id"], "Success", name)
+                    timings[name] = time.monotonic() - t
+
+                # 2. 4D waits for a person (poke every 15 s: shorter intervals race Airflow's
+                #    executor events for reschedule-mode sensors)
+                t = time.monotonic()
+                form = op.open_trigger_form("phase4d_legacy_cleanup")
+                form.get_by_label("approval_poke_seconds").fill("15")
+                cleanup = op.submit(form, "4d")
+                assert cleanup["conf"]["approval_poke_seconds"] == 15
+                run_4d = cleanup["dag_run_id"]
+                badge = op.run_badge("phase4d_legacy_cleanup", run_4d)
+                expect(op.task_badge("wait_for_approval")).to_have_text("Up For Reschedule", timeout=PHASE_TIMEOUT_MS)
+                expect(badge).to_have_text("Running")
+                expect(op.task_badge("backup")).to_have_text("No Status")
+                op.shot("4d-waiting-for-approval")
+                timings["4d until waiting"] = time.monotonic() - t
+
+                # 3. the approver decides with the form
+                t = time.monotonic()
+                ap = Ui(browser, af, "approver", shots)
+                ap.sign_in()
+                form = ap.open_trigger_form("phase4d_cleanup_approval")
+                expect(form.get_by_test_id("trigger-dag-submit")).to_be_disabled()  # decision, reason required
+                form.get_by_role("combobox").click()
+                ap.page.get_by_role("option", name="approve", exact=True).click()
+                form.locator("input[name=element_reason]").fill("e2e: 4A-4C gates passed; reconciliation reviewed")
+                expect(form.get_by_test_id("trigger-dag-submit")).to_be_enabled()
+                approval = ap.submit(form, "approval")
+                assert approval["conf"]["decision"] == "approve"
+                ap.wait_run("phase4d_cleanup_approval", approval["dag_run_id"], "Success", "approval")
+                ap.wait_run("phase4d_legacy_cleanup", run_4d, "Success", "4d")
+                timings["4d after approval"] = time.monotonic() - t
+
+                # 4. the completion report, from the UI's menu
+                ap.page.get_by_role("button", name="Plugins").click()
+                ap.page.get_by_role("menuitem", name="Consolidation").click()
+                ap.page.get_by_role("menuitem", name="Completion report").click()
+                report = ap.page.frame_locator("iframe").first
+                expect(report.locator("h1")).to_contain_text("Phase 4 completion report")
+                expect(report.locator("body")).to_contain_text(run_4d)
+                ap.shot("completion-report")
+            finally:
+                browser.close()
+    finally:
+        af.stop()
+        print(f"\ne2e timings (s): {', '.join(f'{k} {v:.0f}' for k, v in timings.items())}; "
+              f"total {time.monotonic() - started:.0f}; screenshots in {ARTIFACTS}: {', '.join(shots)}")
+
+    plan = load_plan()
+    with connect(legacy_db) as conn:
+        decided = conn.execute(sql.SQL("SELECT status, decided_by, decided_via FROM {} WHERE run_id = %s").format(
+            tool_ident(plan, "approvals")), (run_4d,)).fetchall()
+        legacy_left = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)",
+                                   ([s for s in plan.legacy_schemas if s != "public"],)).fetchall()
+    assert decided == [("approved", "approver", "ui")]
+    assert legacy_left == []
