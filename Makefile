@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(PY) -m consolidation demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # Airflow with its UI on localhost:8080 (LocalExecutor, metadata in the embedded PostgreSQL)
 airflow: $(STAMP)
