@@ -84,6 +84,7 @@ def test_4a_and_4b_run_on_a_celery_worker(redis_broker, make_db, legacy_db, tmp_
             "AIRFLOW__CELERY__BROKER_URL": redis_broker,
             "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + local_airflow.libpq_url(meta_url),
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,  # the worker serves this queue only
+            "CONSOLIDATION_STATE_DIR": str(tmp_path / "state"),  # not the session's state folder
         })
     runs = {}
     try:

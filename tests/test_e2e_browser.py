@@ -124,7 +124,9 @@ def test_operator_and_approver_carry_phase_4_through_the_ui(make_db, legacy_db, 
     af = local_airflow.LocalAirflow(
         home=tmp_path / "airflow", port=local_airflow.free_port(),
         meta_url=local_airflow.sqlalchemy_url(make_db()), target_dsn=legacy_db,
-        log_server_ports=(local_airflow.free_port(), local_airflow.free_port()))
+        log_server_ports=(local_airflow.free_port(), local_airflow.free_port()),
+        # its own state folder (backups, the report the UI shows): never the session's, which other tests read
+        extra_env={"CONSOLIDATION_STATE_DIR": str(tmp_path / "state")})
     timings: dict[str, float] = {}
     started = time.monotonic()
     try:

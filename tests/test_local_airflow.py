@@ -19,7 +19,8 @@ def test_operator_runs_4a_through_the_scheduler_then_stop_leaves_nothing(make_db
     af = local_airflow.LocalAirflow(
         home=tmp_path / "airflow", port=local_airflow.free_port(),
         meta_url=local_airflow.sqlalchemy_url(make_db()), target_dsn=legacy_db,
-        log_server_ports=(local_airflow.free_port(), local_airflow.free_port()))
+        log_server_ports=(local_airflow.free_port(), local_airflow.free_port()),
+        extra_env={"CONSOLIDATION_STATE_DIR": str(tmp_path / "state")})  # not the session's state folder
     try:
         af.start(timeout=400)
         pids = af.running()
