@@ -538,6 +538,7 @@ def register(subparsers) -> None:
     s.set_defaults(func=_cli_stop)
     s = sub.add_parser("status", help="pids, health, URL and logins")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--check", action="store_true", help="exit 3 unless every component is running")
     s.set_defaults(func=_cli_status)
 
 
@@ -580,7 +581,7 @@ def _cli_status(args) -> int:
     st = af.status()
     if args.json:
         print(json.dumps(st, indent=2))
-        return 0 if all(st["components"].values()) else 3
+        return 3 if args.check and not all(st["components"].values()) else 0
     for component, pid in st["components"].items():
         print(f"{component:<14} {'running, pid ' + str(pid) if pid else 'stopped'}")
     health = st["health"]
@@ -588,4 +589,4 @@ def _cli_status(args) -> int:
         print("health: " + ", ".join(f"{k} {v.get('status')}" for k, v in health.items() if isinstance(v, dict)))
     if any(st["components"].values()):
         _print_logins(af)
-    return 0 if all(st["components"].values()) else 3
+    return 3 if args.check and not all(st["components"].values()) else 0
