@@ -39,7 +39,7 @@ def main() -> None:
     from psycopg import sql
     from psycopg.conninfo import make_conninfo
 
-    from consolidation import db
+    from consolidation.core import db
 
     server = db.resolve_dsn()
     admin = make_conninfo(server, dbname="postgres")
@@ -57,7 +57,7 @@ def main() -> None:
             conn.execute("DELETE FROM raw_data.t0 WHERE id % 100 = 0")  # the failing copy
             conn.execute("ANALYZE")
 
-        from consolidation.gates import Check, run_gate, build_docs, _import_gx
+        from consolidation.checks.gx import Check, run_gate, build_docs, _import_gx
 
         checks = []
         for i in range(args.tables):

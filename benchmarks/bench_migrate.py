@@ -31,10 +31,13 @@ def main() -> None:
     from psycopg import sql
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    from consolidation import db, extend, fixture, reconcile
-    from consolidation.migrate import run_step
-    from consolidation.plan import load_plan
-    from consolidation.reconcile import checksums
+    from consolidation.core import db
+    from consolidation.phases import extend
+    from consolidation.dev import fixture
+    from consolidation.checks import reconcile
+    from consolidation.phases.migrate import run_step
+    from consolidation.core.plan import load_plan
+    from consolidation.checks.reconcile import checksums
 
     server = db.resolve_dsn()
     info = conninfo_to_dict(server)

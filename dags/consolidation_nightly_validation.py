@@ -6,9 +6,9 @@ import os
 import pendulum
 from airflow.sdk import DAG, CronTriggerTimetable, TaskGroup, task
 
-from consolidation import nightly
-from consolidation.notify import NightlyFailureNotifier
-from consolidation.plan import load_plan
+from consolidation.phases import nightly
+from consolidation.airflow.notify import NightlyFailureNotifier
+from consolidation.core.plan import load_plan
 
 plan = load_plan()  # a YAML read: no database at parse time
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param, task
 
-from consolidation import cleanup_tasks
+from consolidation.airflow import cleanup_tasks
 
 DOC = """
 ### Phase 4 rollback

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, task
 
-from consolidation.plan import load_plan
-from consolidation import tasks
+from consolidation.core.plan import load_plan
+from consolidation.airflow import tasks
 
 plan = load_plan()  # a YAML read: no database at parse time
 

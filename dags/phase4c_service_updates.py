@@ -4,8 +4,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, task
 
-from consolidation.plan import load_plan
-from consolidation import service_tasks, tasks
+from consolidation.core.plan import load_plan
+from consolidation.airflow import service_tasks, tasks
 
 plan = load_plan()  # a YAML read: no database at parse time
 
@@ -19,7 +19,7 @@ sources share a table (union provenance, merge), its columns under their legacy 
 status, run, user, time. The upsert is idempotent. Roles that could read a legacy table get SELECT
 on the registry and, where missing, on its consolidated home (services keep their access).
 **export_registry** writes it as JSON (`export_dir` param, else `$CONSOLIDATION_REGISTRY_DIR`, else
-`.state/registry/registry.json`); services resolve names with `consolidation.registry.resolve`
+`.state/registry/registry.json`); services resolve names with `consolidation.phases.registry.resolve`
 (database) or `resolve_file` (JSON file, no database).
 
 **gate_4C** (Great Expectations) proves, against the data: every migrated table has an entry

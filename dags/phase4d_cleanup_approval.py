@@ -4,7 +4,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param, task
 
-from consolidation import decisions
+from consolidation.cli import decisions
 
 DOC = """
 ### Phase 4D: approve or reject the legacy cleanup

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, task
 
-from consolidation import cleanup_tasks, tasks
-from consolidation.plan import load_plan
-from consolidation.sensors import CleanupApprovalSensor
+from consolidation.airflow import cleanup_tasks, tasks
+from consolidation.core.plan import load_plan
+from consolidation.airflow.sensors import CleanupApprovalSensor
 
 plan = load_plan()  # a YAML read: no database at parse time
 

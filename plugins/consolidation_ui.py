@@ -12,7 +12,7 @@ engine package from being scanned as plugins; this top-level file is the plugin)
 * `external_views`: two entries under "Consolidation" in the UI's navigation, rendered inside
   the Airflow UI (url_route) from those URLs.
 
-The pages are files written by the runs under the state folder (consolidation.nightly writes
+The pages are files written by the runs under the state folder (consolidation.phases.nightly writes
 state_dir()/nightly/<run>/index.html: inline CSS, no CDN; GX Data Docs are not served because
 they load CSS/JS from CDNs). Responses carry a Content-Security-Policy that allows nothing
 from other origins, so a page can never reach a CDN even if one links to it.
@@ -73,7 +73,7 @@ def _inside(base: Path, *parts: str) -> Path:
 
 
 def _latest_report() -> Path | None:
-    from consolidation import config
+    from consolidation.core import config
 
     reports = [p for p in config.report_dir().glob("*/report.html") if p.is_file()]
     return max(reports, key=lambda p: p.stat().st_mtime) if reports else None
@@ -85,7 +85,7 @@ def create_app() -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
-        from consolidation import nightly
+        from consolidation.phases import nightly
 
         runs = nightly.latest_runs()
         report = _latest_report()
@@ -106,7 +106,7 @@ def create_app() -> FastAPI:
 
     @app.get("/validation/latest", response_class=HTMLResponse)
     def latest_validation():
-        from consolidation import nightly
+        from consolidation.phases import nightly
 
         runs = nightly.latest_runs(limit=1)
         if not runs:
@@ -128,7 +128,7 @@ def create_app() -> FastAPI:
 
     @app.get("/report/{run}/{path:path}")
     def report_file(run: str, path: str):
-        from consolidation import config
+        from consolidation.core import config
 
         target = _inside(config.report_dir(), run, path or "report.html")
         if not target.is_file():
@@ -139,7 +139,7 @@ def create_app() -> FastAPI:
 
 
 def _serve_validation(run: str):
-    from consolidation import nightly
+    from consolidation.phases import nightly
 
     page = _inside(nightly.nightly_dir(), run, "index.html")
     if not page.is_file():

@@ -84,12 +84,12 @@ def with_dbname(dsn: str, dbname: str) -> str:
 @pytest.fixture(scope="session")
 def server_dsn() -> str:
     """DSN of the server under test (CONSOLIDATION_DB_URL, else the embedded server)."""
-    from consolidation import config
+    from consolidation.core import config
 
     configured = config.configured_db_url()
     if configured:
         return configured
-    from consolidation import embedded
+    from consolidation.core import embedded
 
     embedded.start()
     return embedded.url("postgres")
@@ -185,7 +185,7 @@ def dbname_of(dsn: str) -> str:
 @pytest.fixture(scope="session")
 def fixture_template(make_session_db) -> str:
     """Name of a session database holding the Phase 1-3 fixture (scale 1); clone it."""
-    from consolidation import fixture
+    from consolidation.dev import fixture
 
     dsn = make_session_db()
     fixture.build(dsn)

@@ -14,9 +14,10 @@ import json
 import psycopg
 import pytest
 
-from consolidation import approvals, ledger
-from consolidation.approvals import ApprovalRefused
-from consolidation.plan import load_plan
+from consolidation.phases import approvals
+from consolidation.core import ledger
+from consolidation.phases.approvals import ApprovalRefused
+from consolidation.core.plan import load_plan
 
 from test_phase4ab import engine_4a, engine_4b
 
@@ -29,7 +30,7 @@ def migrated(make_session_db, fixture_template):
 
     Clones are byte-identical, so one digest serves every clone's request.
     """
-    from consolidation import reconcile
+    from consolidation.checks import reconcile
 
     from conftest import dbname_of
 
@@ -240,7 +241,7 @@ class _TI:
 def test_sensor_waits_for_the_table_only_and_fails_on_rejection(db, migrated, monkeypatch):
     from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException, AirflowSensorTimeout
 
-    from consolidation.sensors import CleanupApprovalSensor
+    from consolidation.airflow.sensors import CleanupApprovalSensor
 
     monkeypatch.setenv("CONSOLIDATION_DB_URL", db)
     req = ask(db, migrated[1])

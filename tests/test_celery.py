@@ -1,6 +1,6 @@
 """The CeleryExecutor for real, without Docker: 4A and 4B run by a Celery worker.
 
-Processes (consolidation.local_airflow, as `make airflow` starts them): api-server (the
+Processes (consolidation.dev.local_airflow, as `make airflow` starts them): api-server (the
 execution API the worker's task runners call), scheduler, dag-processor and
 `airflow celery worker`; the machine's Redis as the broker; a fresh PostgreSQL metadata
 database (embedded server, or CONSOLIDATION_DB_URL's) that is also Celery's result backend.
@@ -23,9 +23,10 @@ import uuid
 import psycopg
 import pytest
 
-from consolidation import ledger, local_airflow
-from consolidation.db import connect
-from consolidation.plan import load_plan
+from consolidation.core import ledger
+from consolidation.dev import local_airflow
+from consolidation.core.db import connect
+from consolidation.core.plan import load_plan
 
 REDIS_URL = os.environ.get("CONSOLIDATION_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 DAGS = ("phase4a_schema_extension", "phase4b_data_migration")

@@ -1,6 +1,6 @@
 """End to end, as people use it: a real browser on the Airflow UI of `make airflow`.
 
-Airflow is started by the same code as `make airflow` (consolidation.local_airflow: api-server,
+Airflow is started by the same code as `make airflow` (consolidation.dev.local_airflow: api-server,
 scheduler, dag-processor, triggerer; LocalExecutor) on a free port, with a fresh metadata
 database and a fresh copy of the legacy fixture as consolidation_db. Debian's chromium
 (/usr/bin/chromium), driven by the `playwright` package (never `playwright install`):
@@ -113,10 +113,10 @@ def test_operator_and_approver_carry_phase_4_through_the_ui(make_db, legacy_db, 
 
     from psycopg import sql
 
-    from consolidation import local_airflow
-    from consolidation.ledger import tool_ident
-    from consolidation.db import connect
-    from consolidation.plan import load_plan
+    from consolidation.dev import local_airflow
+    from consolidation.core.ledger import tool_ident
+    from consolidation.core.db import connect
+    from consolidation.core.plan import load_plan
 
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from consolidation import db, embedded
+from consolidation.core import db, embedded
 
 
 def _free_port() -> int:

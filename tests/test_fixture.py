@@ -12,7 +12,8 @@ import pytest
 import yaml
 from psycopg import sql
 
-from consolidation import config, fixture
+from consolidation.core import config
+from consolidation.dev import fixture
 
 LEGACY = ("public", "action", "splits", "tracking", "validation", "backtesting")
 NON_PUBLIC_LEGACY = LEGACY[1:]

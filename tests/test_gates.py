@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from consolidation import gates
-from consolidation.gates import Check, GateFailed, GateResult, run_gate
+from consolidation.checks import gx as gates
+from consolidation.checks.gx import Check, GateFailed, GateResult, run_gate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,7 +213,7 @@ def test_committed_project_is_left_alone(gate_db, tmp_path):
 
 
 def test_default_results_dir_is_in_the_state_folder(gate_db):
-    from consolidation import config
+    from consolidation.core import config
 
     result = run_gate(gate_db, "4A", ok_checks()[:1])
     assert result.results_path.parent.parent == (config.state_dir() / "gx").resolve()
@@ -243,7 +243,7 @@ def test_build_docs(gate_db, tmp_path):
 
 
 def test_import_is_cheap():
-    code = ("import sys, consolidation.gates; "
+    code = ("import sys, consolidation.checks.gx; "
             "assert 'great_expectations' not in sys.modules, 'GX imported eagerly'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
 
@@ -295,7 +295,7 @@ def test_gx_blowing_up_fails_every_check(gate_db, tmp_path, monkeypatch):
 
 
 def test_unreachable_database_raises(tmp_path):
-    from consolidation import db
+    from consolidation.core import db
 
     with pytest.raises(db.DatabaseUnreachable):
         run_gate("host=127.0.0.1 port=1 dbname=x user=x connect_timeout=2", "4A", ok_checks(),

@@ -6,9 +6,9 @@ import json
 import psycopg
 import yaml
 
-from consolidation import config
-from consolidation.inventory import take_inventory
-from consolidation.plan import parse_plan
+from consolidation.core import config
+from consolidation.checks.inventory import take_inventory
+from consolidation.core.plan import parse_plan
 
 
 def codes(inv, code):

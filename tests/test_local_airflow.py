@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from consolidation import ledger, local_airflow
-from consolidation.db import connect
-from consolidation.plan import load_plan
+from consolidation.core import ledger
+from consolidation.dev import local_airflow
+from consolidation.core.db import connect
+from consolidation.core.plan import load_plan
 
 
 def test_operator_runs_4a_through_the_scheduler_then_stop_leaves_nothing(make_db, legacy_db, tmp_path):

@@ -23,8 +23,9 @@ from psycopg import sql
 
 from airflow.sdk import BaseNotifier
 
-from consolidation import ledger, nightly
-from consolidation.plan import load_plan
+from consolidation.core import ledger
+from consolidation.phases import nightly
+from consolidation.core.plan import load_plan
 
 from conftest import REPO_ROOT, dbname_of
 from test_phase4ab import engine_4a, engine_4b
@@ -111,7 +112,7 @@ def result_json(run_id: str) -> dict:
 def test_dag_shape_schedule_and_cheap_import(airflow_dags, monkeypatch):
     from airflow.sdk import CronTriggerTimetable
 
-    from consolidation.notify import NightlyFailureNotifier
+    from consolidation.airflow.notify import NightlyFailureNotifier
 
     dag = airflow_dags.dags[DAG_ID]
     assert isinstance(dag.timetable, CronTriggerTimetable)
@@ -273,7 +274,7 @@ def test_broken_registry_entry_fails_and_an_unreadable_registry_is_not_a_pass(db
     reg = sql.Identifier(*plan.tool_table("registry"))
     with psycopg.connect(db) as conn:
         try:  # the 4C registry, through its own API when it is there
-            from consolidation import registry
+            from consolidation.phases import registry
 
             registry.ensure_registry(conn, plan)
             registry.upsert(conn, plan, registry.planned_entries(conn, plan), run_id="test-4c", user="test")
@@ -362,7 +363,7 @@ def test_ui_plugin_serves_the_latest_validation_and_report_offline(db):
     from fastapi.testclient import TestClient
 
     import consolidation_ui
-    from consolidation import config
+    from consolidation.core import config
 
     unreferenced = ("DELETE FROM core_betting.game_outcomes WHERE id = (SELECT max(id) FROM core_betting.game_outcomes g "
                     "WHERE NOT EXISTS (SELECT 1 FROM operational.pre_game_recommendations p WHERE p.game_outcome_id = g.id))")

@@ -10,11 +10,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from consolidation import extend, ledger, phases
-from consolidation.gates import GateFailed
-from consolidation.migrate import StepFailed, run_step
-from consolidation.plan import load_plan
-from consolidation.probes import probe_insert
+from consolidation.phases import extend
+from consolidation.core import ledger
+from consolidation.checks import phase_gates as phases
+from consolidation.checks.gx import GateFailed
+from consolidation.phases.migrate import StepFailed, run_step
+from consolidation.core.plan import load_plan
+from consolidation.checks.probes import probe_insert
 
 from conftest import dbname_of
 
@@ -201,8 +203,8 @@ def test_uncastable_row_is_quarantined_and_fails_the_gate(legacy_db, run_dag):
 
 def test_quarantine_threshold_lets_a_step_pass(legacy_db):
     import yaml
-    from consolidation import config
-    from consolidation.plan import parse_plan
+    from consolidation.core import config
+    from consolidation.core.plan import parse_plan
 
     raw = yaml.safe_load(open(config.DEFAULT_PLAN))
     next(s for s in raw["steps"] if s["source"] == "splits.games")["quarantine_threshold"] = 1

@@ -14,10 +14,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from consolidation import extend, ledger, phases, registry, smoke
-from consolidation.gates import GateFailed
-from consolidation.migrate import run_step
-from consolidation.plan import load_plan
+from consolidation.phases import extend, registry, smoke
+from consolidation.core import ledger
+from consolidation.checks import phase_gates as phases
+from consolidation.checks.gx import GateFailed
+from consolidation.phases.migrate import run_step
+from consolidation.core.plan import load_plan
 
 from conftest import dbname_of
 
@@ -287,7 +289,7 @@ def test_resolve_file_works_without_a_database_and_refuses_legacy(tmp_path):
 
 
 def test_export_location(monkeypatch, tmp_path):
-    from consolidation import config
+    from consolidation.core import config
 
     monkeypatch.delenv(registry.EXPORT_DIR_ENV, raising=False)
     assert registry.export_path() == config.state_dir() / "registry" / "registry.json"

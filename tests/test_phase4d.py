@@ -21,8 +21,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from consolidation import backup, cleanup, ledger
-from consolidation.plan import load_plan
+from consolidation.phases import backup, cleanup
+from consolidation.core import ledger
+from consolidation.core.plan import load_plan
 
 from conftest import REPO_ROOT, dbname_of
 from test_phase4ab import engine_4a, engine_4b, gate_4b, q, table_md5
@@ -310,8 +311,8 @@ def test_object_appearing_after_the_check_stops_the_drop(template_4c, make_db, t
 def test_public_is_kept_unless_the_plan_drops_it(template_4c, make_db, tmp_path):
     """legacy_schemas.public.drop_schema: false (default) keeps public, emptied; true drops it."""
     import yaml
-    from consolidation import config
-    from consolidation.plan import parse_plan
+    from consolidation.core import config
+    from consolidation.core.plan import parse_plan
 
     raw = yaml.safe_load(open(config.DEFAULT_PLAN))
     raw["legacy_schemas"]["public"]["drop_schema"] = True
@@ -361,8 +362,8 @@ def test_late_row_resynced_then_rejection_ends_the_run(template_4c, make_db, run
         assert run_dag(DAG, dsn, FAST | {"resync_late_rows": True, "approval_timeout_hours": 1}) == "failed"
     assert d.error is None and d.result.returncode == 0, d.result and d.result.stderr
     legacy_intact(dsn, before)
-    from consolidation.approvals import fingerprint
-    from consolidation.reconcile import digest
+    from consolidation.phases.approvals import fingerprint
+    from consolidation.checks.reconcile import digest
     with psycopg.connect(dsn) as conn:
         assert table_md5(conn, "tracking.strategy_integration_log") == table_md5(conn, "operational.strategy_integration_log")
         step = ledger.rows(conn, PLAN, "phase = '4B' AND kind = 'step' AND name = 'copy__tracking__strategy_integration_log'")[-1]

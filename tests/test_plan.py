@@ -6,8 +6,8 @@ import copy
 import pytest
 import yaml
 
-from consolidation import config
-from consolidation.plan import PlanError, load_plan, parse_plan
+from consolidation.core import config
+from consolidation.core.plan import PlanError, load_plan, parse_plan
 
 
 def seed() -> dict:
@@ -125,7 +125,7 @@ def test_missing_plan_file(tmp_path):
 
 def test_mapping_to_missing_column_is_rejected_against_the_catalog(legacy_db):
     """Column existence needs the catalog: the inventory reports it as blocking."""
-    from consolidation.inventory import take_inventory
+    from consolidation.checks.inventory import take_inventory
 
     raw = seed()
     step = next(s for s in raw["steps"] if s["source"] == "splits.games")

@@ -7,8 +7,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from consolidation import extend, ledger, phases, rollback
-from consolidation.plan import load_plan
+from consolidation.phases import extend, rollback
+from consolidation.core import ledger
+from consolidation.checks import phase_gates as phases
+from consolidation.core.plan import load_plan
 
 from conftest import dbname_of
 from test_phase4ab import engine_4a, engine_4b, table_md5

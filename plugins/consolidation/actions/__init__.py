@@ -7,11 +7,11 @@ stored), builds the projections that reconciliation compares, and says how to un
 """
 from __future__ import annotations
 
-from .base import Action
-from .copy import CopyAction
-from .delete import DeleteAction
-from .merge import MergeAction
-from .union import UnionAction
+from consolidation.actions.base import Action
+from consolidation.actions.copy import CopyAction
+from consolidation.actions.delete import DeleteAction
+from consolidation.actions.merge import MergeAction
+from consolidation.actions.union import UnionAction
 
 ACTIONS: dict[str, Action] = {
     "copy": CopyAction(),

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from ..ledger import tool_ident
-from ..plan import Plan, Step
-from ..spec import Flow, TargetSpec, source_ident
+from consolidation.core.ledger import tool_ident
+from consolidation.core.plan import Plan, Step
+from consolidation.core.spec import Flow, TargetSpec, source_ident
 
 
 class Action:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from ..plan import Plan, Step
-from ..spec import TargetSpec
-from .base import Action, column_list, key_match, projected_source, undo_inserts
+from consolidation.core.plan import Plan, Step
+from consolidation.core.spec import TargetSpec
+from consolidation.actions.base import Action, column_list, key_match, projected_source, undo_inserts
 
 
 class CopyAction(Action):

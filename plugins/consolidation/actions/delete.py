@@ -1,7 +1,7 @@
 """delete: the table is not migrated; 4D backs it up with its schema, then drops it."""
 from __future__ import annotations
 
-from .base import Action
+from consolidation.actions.base import Action
 
 
 class DeleteAction(Action):

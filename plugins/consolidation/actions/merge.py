@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from ..ledger import tool_ident
-from .base import Action, column_list, key_json, key_match, projected_source, undo_inserts
+from consolidation.core.ledger import tool_ident
+from consolidation.actions.base import Action, column_list, key_json, key_match, projected_source, undo_inserts
 
 
 class MergeAction(Action):
@@ -26,7 +26,7 @@ class MergeAction(Action):
         return [f for f in spec.flows[step.name] if f.target in keep]
 
     def target_filter(self, step, spec, source_rows):
-        from .base import key_in
+        from consolidation.actions.base import key_in
         return key_in(spec, source_rows)
 
     def statement(self, plan, step, spec, source, run_id):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from .copy import CopyAction
+from consolidation.actions.copy import CopyAction
 
 
 class UnionAction(CopyAction):

@@ -1,0 +1,507 @@
+"""The plan: what moves where, loaded from YAML and validated before anything runs.
+
+The plan file is the product's interface; nothing about a particular database lives
+in the engine. Errors name the entry (step number and source) and say how to fix it.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from consolidation.core import config
+
+ACTIONS = ("copy", "merge", "union", "delete")
+OBJECT_KINDS = ("table", "view")
+VIEW_MODES = ("snapshot", "recreate")
+
+_TOP_KEYS = {"plan", "description", "consolidated_schemas", "legacy_schemas", "tool", "defaults", "steps"}
+_LEGACY_KEYS = {"stated_tables", "stated_rows", "drop_schema"}
+_STEP_KEYS = {
+    "source", "action", "target", "rows", "object", "view_mode", "definition", "columns",
+    "key", "enrich", "add_columns", "target_key", "provenance", "quarantine_threshold",
+    "freshness", "ignore",
+}
+_MAPPING_KEYS = {"from", "cast", "default"}
+
+
+class PlanError(ValueError):
+    """A plan that cannot be run; the message names the entry and the fix."""
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """How one target column is filled: from a source column, optionally cast or defaulted."""
+
+    target: str
+    source: str | None
+    cast: str | None = None
+    default: Any = None
+
+
+@dataclass(frozen=True)
+class AddedColumn:
+    name: str
+    type: str
+    unique: bool = False
+
+
+@dataclass(frozen=True)
+class Freshness:
+    column: str
+    max_age_hours: float
+
+
+@dataclass
+class Step:
+    """One legacy object and what happens to it."""
+
+    index: int
+    source_schema: str
+    source_table: str
+    action: str
+    target_schema: str | None = None
+    target_table: str | None = None
+    stated_rows: int | None = None
+    object: str = "table"
+    view_mode: str | None = None
+    definition: str | None = None
+    columns: dict[str, ColumnMap] = field(default_factory=dict)  # by target column
+    key: dict[str, str] = field(default_factory=dict)  # merge: target column -> source column
+    enrich: list[str] = field(default_factory=list)
+    add_columns: dict[str, AddedColumn] = field(default_factory=dict)
+    target_key: str | None = None
+    provenance_table: str | None = None
+    provenance_key: str | None = None
+    quarantine_threshold: int = 0
+    freshness: Freshness | None = None
+    ignore: dict[str, str] = field(default_factory=dict)  # source column -> reason
+
+    @property
+    def source(self) -> str:
+        return f"{self.source_schema}.{self.source_table}"
+
+    @property
+    def target(self) -> str | None:
+        return f"{self.target_schema}.{self.target_table}" if self.target_table else None
+
+    @property
+    def name(self) -> str:
+        """Stable step id, usable as an Airflow task id."""
+        return f"{self.action}__{self.source_schema}__{self.source_table}"
+
+    @property
+    def label(self) -> str:
+        return f"step {self.index} ({self.source})"
+
+    @property
+    def migrates_rows(self) -> bool:
+        return self.action != "delete" and not self.is_recreated_view
+
+    @property
+    def is_recreated_view(self) -> bool:
+        return self.object == "view" and self.view_mode == "recreate"
+
+    def mapped_source_columns(self) -> set[str]:
+        return {m.source for m in self.columns.values() if m.source}
+
+
+@dataclass
+class LegacySchema:
+    name: str
+    stated_tables: int | None = None
+    stated_rows: int | None = None
+    drop_schema: bool = True
+
+
+@dataclass
+class Plan:
+    name: str
+    description: str
+    consolidated_schemas: dict[str, str]
+    legacy_schemas: dict[str, LegacySchema]
+    tool_schema: str
+    tool_prefix: str
+    steps: list[Step]
+    path: Path | None = None
+    sha256: str = ""
+
+    # -- lookups ---------------------------------------------------------
+    def steps_for_schema(self, schema: str) -> list[Step]:
+        return [s for s in self.steps if s.source_schema == schema]
+
+    def step_for_source(self, schema: str, table: str) -> Step | None:
+        for s in self.steps:
+            if s.source_schema == schema and s.source_table == table:
+                return s
+        return None
+
+    def steps_into(self, target: str) -> list[Step]:
+        return [s for s in self.steps if s.target == target]
+
+    def migrating_steps(self) -> list[Step]:
+        return [s for s in self.steps if s.action != "delete"]
+
+    def tool_table(self, name: str) -> tuple[str, str]:
+        """(schema, table) of one of the tool's own tables, e.g. tool_table('ledger')."""
+        return self.tool_schema, f"{self.tool_prefix}{name}"
+
+    def listed_rows(self, schema: str) -> int:
+        return sum(s.stated_rows or 0 for s in self.steps_for_schema(schema))
+
+
+TOOL_TABLES = ("ledger", "quarantine", "conflicts", "undo", "approvals", "registry", "validation_history")
+
+
+# ---------------------------------------------------------------------------
+def load_plan(path: str | Path | None = None) -> Plan:
+    """Read and validate a plan file (CONSOLIDATION_PLAN, or the bundled phase4.yaml)."""
+    path = Path(path) if path else config.plan_path()
+    try:
+        raw_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise PlanError(f"plan file {path} does not exist: set CONSOLIDATION_PLAN to a plan file") from None
+    try:
+        raw = yaml.safe_load(raw_bytes)
+    except yaml.YAMLError as exc:
+        raise PlanError(f"plan file {path} is not valid YAML: {exc}") from None
+    plan = parse_plan(raw, where=str(path))
+    plan.path = path
+    plan.sha256 = hashlib.sha256(raw_bytes).hexdigest()
+    return plan
+
+
+def parse_plan(raw: Any, where: str = "plan") -> Plan:
+    if not isinstance(raw, dict):
+        raise PlanError(f"{where}: the plan must be a mapping with keys {sorted(_TOP_KEYS)}")
+    _no_unknown(raw, _TOP_KEYS, where)
+    for required in ("consolidated_schemas", "legacy_schemas", "steps"):
+        if required not in raw:
+            raise PlanError(f"{where}: missing `{required}`; see the README's 'Plan format'")
+
+    consolidated = raw["consolidated_schemas"]
+    if isinstance(consolidated, list):
+        consolidated = {name: "" for name in consolidated}
+    if not isinstance(consolidated, dict) or not consolidated:
+        raise PlanError(f"{where}: `consolidated_schemas` must map schema names to descriptions")
+
+    legacy: dict[str, LegacySchema] = {}
+    raw_legacy = raw["legacy_schemas"]
+    if isinstance(raw_legacy, list):
+        raw_legacy = {name: {} for name in raw_legacy}
+    if not isinstance(raw_legacy, dict) or not raw_legacy:
+        raise PlanError(f"{where}: `legacy_schemas` must map schema names to settings")
+    for name, settings in raw_legacy.items():
+        settings = settings or {}
+        _no_unknown(settings, _LEGACY_KEYS, f"{where}: legacy schema {name}")
+        if name in consolidated:
+            raise PlanError(f"{where}: schema {name} is both legacy and consolidated; list it once")
+        legacy[name] = LegacySchema(
+            name=name,
+            stated_tables=_opt_int(settings.get("stated_tables"), f"legacy schema {name}: stated_tables"),
+            stated_rows=_opt_int(settings.get("stated_rows"), f"legacy schema {name}: stated_rows"),
+            # PostgreSQL's default schema is kept (emptied) unless the plan says otherwise.
+            drop_schema=bool(settings.get("drop_schema", name != "public")),
+        )
+
+    tool = raw.get("tool") or {}
+    _no_unknown(tool, {"schema", "prefix"}, f"{where}: tool")
+    tool_schema = tool.get("schema", "operational")
+    tool_prefix = tool.get("prefix", "consolidation_")
+    if tool_schema not in consolidated:
+        raise PlanError(
+            f"{where}: tool.schema {tool_schema!r} is not a consolidated schema; "
+            f"use one of {sorted(consolidated)}"
+        )
+
+    defaults = raw.get("defaults") or {}
+    _no_unknown(defaults, {"quarantine_threshold", "view_mode"}, f"{where}: defaults")
+    default_threshold = _opt_int(defaults.get("quarantine_threshold", 0), "defaults.quarantine_threshold")
+    default_view_mode = defaults.get("view_mode", "snapshot")
+    if default_view_mode not in VIEW_MODES:
+        raise PlanError(f"{where}: defaults.view_mode {default_view_mode!r} must be one of {VIEW_MODES}")
+
+    if not isinstance(raw["steps"], list) or not raw["steps"]:
+        raise PlanError(f"{where}: `steps` must be a non-empty list")
+    steps = [
+        _parse_step(i, entry, consolidated, legacy, default_threshold, default_view_mode)
+        for i, entry in enumerate(raw["steps"], start=1)
+    ]
+
+    plan = Plan(
+        name=str(raw.get("plan", "plan")),
+        description=str(raw.get("description", "")),
+        consolidated_schemas={k: str(v or "") for k, v in consolidated.items()},
+        legacy_schemas=legacy,
+        tool_schema=tool_schema,
+        tool_prefix=tool_prefix,
+        steps=steps,
+    )
+    _check_plan(plan)
+    return plan
+
+
+def _parse_step(i, entry, consolidated, legacy, default_threshold, default_view_mode) -> Step:
+    if not isinstance(entry, dict):
+        raise PlanError(f"step {i}: must be a mapping with at least `source` and `action`")
+    src = entry.get("source")
+    label = f"step {i} ({src})" if src else f"step {i}"
+    _no_unknown(entry, _STEP_KEYS, label)
+    if not src or not isinstance(src, str):
+        raise PlanError(f"{label}: missing `source` (schema.table)")
+    s_schema, s_table = _split(src, label, "source")
+    if s_schema not in legacy:
+        raise PlanError(
+            f"{label}: source schema {s_schema!r} is not a legacy schema; "
+            f"add it under `legacy_schemas` or use one of {sorted(legacy)}"
+        )
+    action = entry.get("action")
+    if action not in ACTIONS:
+        raise PlanError(f"{label}: unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+
+    step = Step(index=i, source_schema=s_schema, source_table=s_table, action=action)
+    step.stated_rows = _opt_int(entry.get("rows"), f"{label}: rows")
+    step.quarantine_threshold = _opt_int(entry.get("quarantine_threshold", default_threshold), f"{label}: quarantine_threshold")
+
+    obj = entry.get("object", "table")
+    if obj not in OBJECT_KINDS:
+        raise PlanError(f"{label}: object {obj!r} must be one of {OBJECT_KINDS}")
+    step.object = obj
+    if obj == "view":
+        step.view_mode = entry.get("view_mode", default_view_mode)
+        if step.view_mode not in VIEW_MODES:
+            raise PlanError(f"{label}: view_mode {step.view_mode!r} must be one of {VIEW_MODES}")
+    elif "view_mode" in entry:
+        raise PlanError(f"{label}: view_mode applies to views only; add `object: view` or remove it")
+    step.definition = entry.get("definition")
+
+    if action == "delete":
+        for k in ("target", "columns", "key", "enrich", "add_columns"):
+            if k in entry:
+                raise PlanError(f"{label}: a delete step has no `{k}`; remove it or change the action")
+        return step
+
+    tgt = entry.get("target")
+    if not tgt:
+        raise PlanError(f"{label}: action {action} needs a `target` (schema.table)")
+    t_schema, t_table = _split(tgt, label, "target")
+    if t_schema not in consolidated:
+        raise PlanError(
+            f"{label}: target {tgt} is outside the consolidated schemas; "
+            f"use one of {sorted(consolidated)}"
+        )
+    step.target_schema, step.target_table = t_schema, t_table
+
+    step.columns = _parse_columns(entry.get("columns") or {}, label)
+    step.add_columns = _parse_added(entry.get("add_columns") or {}, label)
+    ignore = entry.get("ignore") or {}
+    if not isinstance(ignore, dict) or any(not str(v or "").strip() for v in ignore.values()):
+        raise PlanError(f"{label}: `ignore` maps a source column to the reason it is not migrated")
+    step.ignore = {str(k): str(v) for k, v in ignore.items()}
+
+    if step.is_recreated_view:
+        if not step.definition or not str(step.definition).strip():
+            raise PlanError(
+                f"{label}: view_mode recreate needs a `definition` (the SELECT over the target tables); "
+                "or use view_mode: snapshot"
+            )
+        if action != "copy":
+            raise PlanError(f"{label}: a recreated view must use action copy")
+    elif step.definition:
+        raise PlanError(f"{label}: `definition` applies to views with view_mode: recreate only")
+
+    if action == "merge":
+        key = entry.get("key")
+        if not isinstance(key, dict) or not key:
+            raise PlanError(
+                f"{label}: a merge needs `key`: the business key as {{target_column: source_column}}"
+            )
+        step.key = {str(k): str(v) for k, v in key.items()}
+        enrich = entry.get("enrich") or []
+        if not isinstance(enrich, list):
+            raise PlanError(f"{label}: `enrich` must list target columns the merge may set")
+        for col in enrich:
+            if col not in step.columns:
+                raise PlanError(
+                    f"{label}: enrich column {col!r} is not mapped; add it under `columns` "
+                    "(target_column: source_column)"
+                )
+        step.enrich = list(enrich)
+    else:
+        for k in ("key", "enrich"):
+            if k in entry:
+                raise PlanError(f"{label}: `{k}` applies to merge steps only")
+
+    if action == "union":
+        step.target_key = entry.get("target_key")
+        prov = entry.get("provenance") or {}
+        if not step.target_key or not prov.get("table") or not prov.get("key"):
+            raise PlanError(
+                f"{label}: a union needs `target_key` (the new key column of {tgt}) and "
+                "`provenance: {table: <column>, key: <column>}` so every row keeps its source"
+            )
+        step.provenance_table, step.provenance_key = prov["table"], prov["key"]
+    else:
+        for k in ("target_key", "provenance"):
+            if k in entry:
+                raise PlanError(f"{label}: `{k}` applies to union steps only")
+
+    fresh = entry.get("freshness")
+    if fresh is not None:
+        if not isinstance(fresh, dict) or "column" not in fresh or "max_age_hours" not in fresh:
+            raise PlanError(f"{label}: freshness needs `column` and `max_age_hours`")
+        step.freshness = Freshness(str(fresh["column"]), float(fresh["max_age_hours"]))
+    return step
+
+
+def _parse_columns(raw: Any, label: str) -> dict[str, ColumnMap]:
+    if not isinstance(raw, dict):
+        raise PlanError(f"{label}: `columns` maps target columns to a source column or {{from, cast, default}}")
+    out = {}
+    for target, spec in raw.items():
+        if isinstance(spec, str):
+            out[target] = ColumnMap(target, spec)
+        elif isinstance(spec, dict):
+            _no_unknown(spec, _MAPPING_KEYS, f"{label}: column {target}")
+            if "from" not in spec and "default" not in spec:
+                raise PlanError(f"{label}: column {target} needs `from` (a source column) or `default`")
+            out[target] = ColumnMap(target, spec.get("from"), spec.get("cast"), spec.get("default"))
+        else:
+            raise PlanError(f"{label}: column {target}: give a source column name or {{from, cast, default}}")
+    return out
+
+
+def _parse_added(raw: Any, label: str) -> dict[str, AddedColumn]:
+    if not isinstance(raw, dict):
+        raise PlanError(f"{label}: `add_columns` maps new column names to {{type, unique}}")
+    out = {}
+    for name, spec in raw.items():
+        if not isinstance(spec, dict) or not spec.get("type"):
+            raise PlanError(f"{label}: add_columns.{name} needs a `type`")
+        _no_unknown(spec, {"type", "unique"}, f"{label}: add_columns.{name}")
+        out[name] = AddedColumn(name, str(spec["type"]), bool(spec.get("unique", False)))
+    return out
+
+
+def _check_plan(plan: Plan) -> None:
+    """Rules that span steps: duplicates, shared targets, collisions with tool tables."""
+    seen: dict[str, Step] = {}
+    for s in plan.steps:
+        if s.source in seen:
+            raise PlanError(
+                f"{s.label}: {s.source} is already listed as step {seen[s.source].index}; "
+                "list each legacy table once"
+            )
+        seen[s.source] = s
+
+    tool_names = {plan.tool_table(t) for t in TOOL_TABLES}
+    by_target: dict[str, list[Step]] = {}
+    for s in plan.migrating_steps():
+        if (s.target_schema, s.target_table) in tool_names:
+            raise PlanError(
+                f"{s.label}: target {s.target} is one of the tool's own tables; "
+                "rename the target or change `tool.prefix`"
+            )
+        by_target.setdefault(s.target, []).append(s)
+
+    for target, steps in by_target.items():
+        if len(steps) < 2:
+            continue
+        actions = {s.action for s in steps}
+        names = ", ".join(s.source for s in steps)
+        if actions == {"union"}:
+            shapes = {(s.target_key, s.provenance_table, s.provenance_key) for s in steps}
+            if len(shapes) > 1:
+                raise PlanError(
+                    f"union into {target}: {names} disagree on target_key/provenance; give them the same values"
+                )
+        elif actions == {"merge"}:
+            continue
+        else:
+            raise PlanError(
+                f"two sources feed {target} ({names}) without a rule: make them all `union` "
+                "(rows keep their source table and key) or all `merge` on a business key"
+            )
+
+
+# ---------------------------------------------------------------------------
+def check_against_catalog(plan: Plan, catalog) -> list[str]:
+    """Column-level checks that need the live catalog; returns problems (empty when fine).
+
+    `catalog.columns(schema, table)` returns {name: type} or None when the relation
+    is missing. Targets that 4A will create take the source's columns (renamed by the
+    mapping); existing targets are read from the catalog plus the plan's add_columns.
+    """
+    problems: list[str] = []
+    for s in plan.migrating_steps():
+        src_cols = catalog.columns(s.source_schema, s.source_table)
+        if src_cols is None:
+            continue  # reported by the inventory as a missing object
+        for m in s.columns.values():
+            if m.source and m.source not in src_cols:
+                problems.append(
+                    f"{s.label}: columns.{m.target} maps from {m.source!r}, which {s.source} does not have "
+                    f"(it has {', '.join(sorted(src_cols))}); fix the column name"
+                )
+        for tcol, scol in s.key.items():
+            if scol not in src_cols:
+                problems.append(f"{s.label}: key {tcol}: {scol!r} is not a column of {s.source}; fix the key")
+        for col in s.ignore:
+            if col not in src_cols:
+                problems.append(f"{s.label}: ignore lists {col!r}, which {s.source} does not have")
+        tgt_cols = catalog.columns(s.target_schema, s.target_table)
+        if tgt_cols is None:
+            continue  # created by 4A from the source
+        if s.is_recreated_view:
+            continue
+        known = set(tgt_cols) | set(s.add_columns)
+        for col in list(s.columns) + list(s.key):
+            if col not in known:
+                problems.append(
+                    f"{s.label}: maps to {s.target}.{col}, which does not exist; "
+                    f"fix the name or declare it under add_columns (existing: {', '.join(sorted(tgt_cols))})"
+                )
+        if s.action in ("copy", "union", "merge"):
+            mapped = s.mapped_source_columns() | set(s.key.values())
+            for col in src_cols:
+                if col in mapped or col in s.ignore or col in known:
+                    continue
+                if s.action == "union" and col == _single_key(catalog, s):
+                    continue
+                problems.append(
+                    f"{s.label}: source column {s.source}.{col} has no column in {s.target}; "
+                    "map it under `columns`, add it with add_columns, or list it under `ignore` with a reason"
+                )
+    return problems
+
+
+def _single_key(catalog, step: Step) -> str | None:
+    pk = getattr(catalog, "primary_key", lambda *_: None)(step.source_schema, step.source_table)
+    return pk[0] if pk and len(pk) == 1 else None
+
+
+# ---------------------------------------------------------------------------
+def _split(name: str, label: str, what: str) -> tuple[str, str]:
+    parts = str(name).split(".")
+    if len(parts) != 2 or not all(parts):
+        raise PlanError(f"{label}: {what} {name!r} must be written schema.table")
+    return parts[0], parts[1]
+
+
+def _opt_int(value, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PlanError(f"{what}: {value!r} must be a whole number >= 0")
+    return value
+
+
+def _no_unknown(mapping: dict, allowed: Iterable[str], where: str) -> None:
+    if not isinstance(mapping, dict):
+        raise PlanError(f"{where}: expected a mapping")
+    unknown = sorted(set(mapping) - set(allowed))
+    if unknown:
+        raise PlanError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")

@@ -1,0 +1,395 @@
+"""Target specs: what each consolidated table must look like, derived from plan + catalog.
+
+A spec is built from the live source tables and the plan's mapping, never from
+`CREATE TABLE ... LIKE ... INCLUDING ALL` (which would keep nextval() defaults on the
+legacy sequences). Keys get their own identity in the target schema; foreign keys are
+re-pointed at the targets of the tables they referenced; nothing refers back to a
+legacy object.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from psycopg import sql
+
+from consolidation.core.catalog import Catalog, table_details
+from consolidation.core.plan import Plan, PlanError, Step
+
+
+@dataclass
+class Flow:
+    """One target column and where its value comes from in one step."""
+
+    target: str
+    type: str
+    source: str | None = None  # source column
+    cast: str | None = None
+    default: object = None
+    provenance: str | None = None  # 'table' | 'key' for union bookkeeping columns
+
+    def expr(self, step: Step, alias: str = "s", source_pk: list[str] | None = None) -> sql.Composable:
+        """SQL expression computing this column from a source row aliased `alias`."""
+        if self.provenance == "table":
+            return sql.SQL("CAST({} AS text)").format(sql.Literal(step.source))
+        if self.provenance == "key":
+            cols = source_pk or []
+            if len(cols) == 1:
+                return sql.SQL("CAST({} AS text)").format(sql.Identifier(alias, cols[0]))
+            return sql.SQL("CAST(json_build_array({}) AS text)").format(
+                sql.SQL(", ").join(sql.Identifier(alias, c) for c in cols))
+        if self.source is None:
+            base: sql.Composable = sql.SQL("NULL")
+        else:
+            base = sql.Identifier(alias, self.source)
+            if self.cast:
+                base = sql.SQL("CAST({} AS {})").format(base, sql.SQL(self.cast))
+        if self.default is not None:
+            base = sql.SQL("COALESCE({}, CAST({} AS {}))").format(base, sql.Literal(self.default), sql.SQL(self.type))
+        return sql.SQL("CAST({} AS {})").format(base, sql.SQL(self.type))
+
+
+@dataclass
+class ColumnSpec:
+    name: str
+    type: str
+    not_null: bool = False
+    default: str | None = None  # expression text rendered by the catalog
+    identity: bool = False
+
+
+@dataclass
+class ForeignKey:
+    columns: list[str]
+    ref_schema: str
+    ref_table: str
+    ref_columns: list[str]
+    source: str  # the legacy constraint it re-points
+
+    @property
+    def name(self) -> str:
+        return _short(f"{self.ref_table}_{'_'.join(self.columns)}_fkey")
+
+
+@dataclass
+class IndexSpec:
+    name: str
+    columns: list[str]
+    unique: bool
+    method: str
+
+
+@dataclass
+class TargetSpec:
+    schema: str
+    table: str
+    kind: str  # table | view
+    steps: list[Step]
+    exists: bool = False
+    columns: list[ColumnSpec] = field(default_factory=list)
+    primary_key: list[str] = field(default_factory=list)
+    uniques: list[list[str]] = field(default_factory=list)
+    checks: list[tuple[str, str]] = field(default_factory=list)
+    foreign_keys: list[ForeignKey] = field(default_factory=list)
+    indexes: list[IndexSpec] = field(default_factory=list)
+    view_definition: str | None = None
+    notes: list[str] = field(default_factory=list)
+    flows: dict[str, list[Flow]] = field(default_factory=dict)  # by step name
+    source_pks: dict[str, list[str]] = field(default_factory=dict)  # by step name
+    key: list[str] = field(default_factory=list)  # target columns identifying a source row
+    created_by_plan: bool = False  # 4A created it (the ledger says so)
+
+    @property
+    def exists_before_plan(self) -> bool:
+        return self.exists and not self.created_by_plan
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def ident(self) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(self.table))
+
+    def column(self, name: str) -> ColumnSpec | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+
+def source_ident(step: Step) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(step.source_schema), sql.Identifier(step.source_table))
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 63 else name[:54] + "_" + format(abs(hash(name)) % 16**8, "08x")
+
+
+def resolve_type(conn, type_text: str, label: str) -> str:
+    """Canonical type name for a plan-given type, or a PlanError naming the step."""
+    row = conn.execute("SELECT format_type(to_regtype(%s), NULL)", (type_text,)).fetchone()
+    if row is None or row[0] is None:
+        raise PlanError(f"{label}: type {type_text!r} is not a PostgreSQL type here; fix the cast/type")
+    # keep the modifiers the user wrote (numeric(10,2)) when the base resolves
+    return type_text if "(" in type_text else row[0]
+
+
+# ---------------------------------------------------------------------------
+def derive_specs(conn, plan: Plan, catalog: Catalog, created: set[str] | frozenset = frozenset()) -> dict[str, TargetSpec]:
+    """Specs of every target the plan writes, in plan order.
+
+    `created` names the targets an earlier 4A run created (from the ledger), so a
+    re-run treats them as ours rather than as tables that existed before the plan.
+    """
+    specs: dict[str, TargetSpec] = {}
+    for step in plan.migrating_steps():
+        spec = specs.get(step.target)
+        if spec is None:
+            spec = specs[step.target] = TargetSpec(step.target_schema, step.target_table, "table", [])
+            spec.exists = catalog.relation(step.target_schema, step.target_table) is not None
+            spec.created_by_plan = step.target in created
+        spec.steps.append(step)
+    for spec in specs.values():
+        _fill(conn, plan, catalog, spec)
+    _repoint_foreign_keys(conn, plan, catalog, specs)
+    return specs
+
+
+def _source_columns(catalog: Catalog, step: Step):
+    rel = catalog.relation(step.source_schema, step.source_table)
+    if rel is None:
+        raise PlanError(f"{step.label}: source {step.source} does not exist; run the inventory")
+    return rel
+
+
+def flows_for(conn, catalog: Catalog, step: Step, existing=None) -> list[Flow]:
+    """Target columns of a step and how each is computed from the source row."""
+    rel = _source_columns(catalog, step)
+    flows: list[Flow] = []
+    if step.action == "merge":
+        pairs = [(t, s, None, None) for t, s in step.key.items()]
+        pairs += [(m.target, m.source, m.cast, m.default) for m in step.columns.values()]
+        for tcol, scol, cast_text, default in pairs:
+            src = rel.columns.get(scol) if scol else None
+            cast = resolve_type(conn, cast_text, step.label) if cast_text else None
+            if tcol in step.add_columns:
+                typ = resolve_type(conn, step.add_columns[tcol].type, step.label)
+            elif existing is not None and tcol in existing.columns:
+                typ = existing.columns[tcol].type
+            else:
+                typ = cast or (src.type if src else "text")
+            flows.append(Flow(tcol, typ, scol, cast, default))
+        return flows
+
+    if step.action == "union":
+        flows.append(Flow(step.provenance_table, "text", provenance="table"))
+        flows.append(Flow(step.provenance_key, "text", provenance="key"))
+    by_source = {m.source: m for m in step.columns.values() if m.source}
+    for col in rel.columns.values():
+        if col.name in step.ignore:
+            continue
+        m = by_source.get(col.name)
+        if step.action == "union" and col.name in rel.primary_key and m is None:
+            continue  # the source key lives on as the provenance key
+        cast = resolve_type(conn, m.cast, step.label) if m and m.cast else None
+        flows.append(Flow(m.target if m else col.name, cast or col.type, col.name, cast, m.default if m else None))
+    for m in step.columns.values():
+        if m.source is None:
+            typ = existing.columns[m.target].type if existing is not None and m.target in existing.columns else "text"
+            flows.append(Flow(m.target, typ, None, None, m.default))
+    return flows
+
+
+def _fill(conn, plan: Plan, catalog: Catalog, spec: TargetSpec) -> None:
+    existing = catalog.relation(spec.schema, spec.table)
+    first = spec.steps[0]
+    if first.is_recreated_view:
+        spec.kind = "view"
+        spec.view_definition = first.definition
+        rel = _source_columns(catalog, first)
+        spec.columns = [ColumnSpec(c.name, c.type) for c in rel.columns.values()]
+        return
+    for step in spec.steps:
+        spec.flows[step.name] = flows_for(conn, catalog, step, existing)
+        spec.source_pks[step.name] = _source_columns(catalog, step).primary_key
+
+    # The key identifies, in target terms, which source row a target row came from.
+    if first.action == "union":
+        spec.key = [first.provenance_table, first.provenance_key]
+    elif first.action == "merge":
+        spec.key = list(first.key)
+    else:
+        rename = {f.source: f.target for f in spec.flows[first.name] if f.source}
+        pk = spec.source_pks[first.name]
+        if pk and all(c in rename for c in pk):
+            spec.key = [rename[c] for c in pk]
+        elif existing is not None:
+            spec.key = list(existing.primary_key)
+
+    if spec.exists:
+        spec.columns = [ColumnSpec(c.name, c.type, c.not_null, c.default, bool(c.identity))
+                        for c in existing.columns.values()]
+        spec.primary_key = list(existing.primary_key)
+        return
+
+    if first.action == "merge":
+        raise PlanError(f"{first.label}: merge target {first.target} does not exist; a merge enriches an "
+                        "existing table: create it first or use action copy")
+
+    if first.action == "union":
+        spec.columns.append(ColumnSpec(first.target_key, "bigint", True, None, identity=True))
+        spec.primary_key = [first.target_key]
+        spec.uniques.append([first.provenance_table, first.provenance_key])
+        seen: dict[str, ColumnSpec] = {}
+        for step in spec.steps:
+            rel = _source_columns(catalog, step)
+            for f in spec.flows[step.name]:
+                if f.target in seen:
+                    if seen[f.target].type != f.type:
+                        raise PlanError(
+                            f"{step.label}: column {f.target} is {f.type} here but {seen[f.target].type} in another "
+                            f"source of {spec.qualified}; add a cast under `columns` so both agree")
+                    continue
+                src_col = rel.columns.get(f.source) if f.source else None
+                col = ColumnSpec(f.target, f.type, f.provenance == "table")
+                if src_col is not None and src_col.default and "nextval(" not in src_col.default:
+                    col.default = _portable_default(src_col.default, plan, spec, step)
+                seen[f.target] = col
+                if f.target not in (first.target_key,):
+                    spec.columns.append(col)
+        spec.notes.append(f"union of {', '.join(s.source for s in spec.steps)}: key {first.target_key} is new; "
+                          f"rows keep {first.provenance_table} and {first.provenance_key}")
+        return
+
+    # copy into a new table (also a view snapshot)
+    step = first
+    rel = _source_columns(catalog, step)
+    rename = {f.source: f.target for f in spec.flows[step.name] if f.source}
+    for f in spec.flows[step.name]:
+        src = rel.columns.get(f.source) if f.source else None
+        col = ColumnSpec(f.target, f.type, bool(src and src.not_null))
+        if src is not None and (src.identity or (src.default and "nextval(" in src.default)):
+            col.identity = True
+        elif src is not None and src.default:
+            col.default = _portable_default(src.default, plan, spec, step)
+        elif f.default is not None:
+            col.not_null = False
+        spec.columns.append(col)
+    spec.primary_key = list(spec.key)
+    if step.object == "view":
+        spec.notes.append(f"snapshot of view {step.source}: its rows are copied into a table")
+        return
+    constraints, indexes = table_details(conn, step.source_schema, step.source_table)
+    for con in constraints:
+        if con.type == "u" and all(c in rename for c in con.columns):
+            spec.uniques.append([rename[c] for c in con.columns])
+        elif con.type == "c":
+            if all(rename.get(c) == c for c in con.columns):
+                spec.checks.append((_short(f"{spec.table}_{con.name}"), con.definition))
+            else:
+                spec.notes.append(f"check {con.name} ({con.definition}) not carried over: it names renamed columns")
+    for ix in indexes:
+        if ix.columns and not ix.predicate and all(c in rename for c in ix.columns):
+            cols = [rename[c] for c in ix.columns]
+            spec.indexes.append(IndexSpec(_short(f"{spec.table}_{'_'.join(cols)}_idx"), cols, ix.unique, ix.method))
+        else:
+            spec.notes.append(f"index {ix.name} not carried over (expression or partial): {ix.definition}")
+
+
+def _portable_default(default: str, plan: Plan, spec: TargetSpec, step: Step) -> str | None:
+    """A source default, unless it names a legacy object (then dropped, with a note)."""
+    for legacy in plan.legacy_schemas:
+        if re.search(rf'(^|[^\w"]){re.escape(legacy)}\.|"{re.escape(legacy)}"\.', default):
+            spec.notes.append(f"default {default!r} of {step.source} refers to legacy schema {legacy}: not carried over")
+            return None
+    return default
+
+
+def _repoint_foreign_keys(conn, plan: Plan, catalog: Catalog, specs: dict[str, TargetSpec]) -> None:
+    """Each legacy FK becomes an FK between the targets of both ends."""
+    for spec in specs.values():
+        if spec.exists_before_plan or spec.kind != "table" or len(spec.steps) != 1 or spec.steps[0].object == "view":
+            continue
+        step = spec.steps[0]
+        rename = {f.source: f.target for f in spec.flows[step.name] if f.source}
+        constraints, _ = table_details(conn, step.source_schema, step.source_table)
+        for con in constraints:
+            if con.type != "f":
+                continue
+            if con.ref_schema not in plan.legacy_schemas:
+                spec.foreign_keys.append(ForeignKey([rename[c] for c in con.columns], con.ref_schema, con.ref_table,
+                                                    con.ref_columns, con.name))
+                continue
+            ref_step = plan.step_for_source(con.ref_schema, con.ref_table)
+            if ref_step is None or ref_step.action == "delete" or ref_step.action == "union":
+                spec.notes.append(f"foreign key {con.name} ({con.definition}) not carried over: "
+                                  f"{con.ref_schema}.{con.ref_table} is not migrated one-to-one")
+                continue
+            ref_spec = specs[ref_step.target]
+            ref_rename = {f.source: f.target for f in ref_spec.flows.get(ref_step.name, []) if f.source}
+            if ref_step.action == "merge":
+                ref_rename.update({s: t for t, s in ref_step.key.items()})
+            ref_cols = [ref_rename.get(c) for c in con.ref_columns]
+            if None in ref_cols:
+                spec.notes.append(f"foreign key {con.name} not carried over: referenced columns are not migrated")
+                continue
+            if ref_step.action == "merge" and not _unique_in_target(ref_spec, ref_step, ref_cols, catalog):
+                spec.notes.append(f"foreign key {con.name} not carried over: {ref_step.target}({', '.join(ref_cols)}) "
+                                  "is not unique; declare it `unique: true` under add_columns")
+                continue
+            spec.foreign_keys.append(ForeignKey([rename[c] for c in con.columns], ref_spec.schema, ref_spec.table,
+                                                ref_cols, con.name))
+
+
+def _unique_in_target(ref_spec: TargetSpec, step: Step, cols: list[str], catalog: Catalog) -> bool:
+    if len(cols) == 1 and cols[0] in step.add_columns and step.add_columns[cols[0]].unique:
+        return True
+    return cols == ref_spec.primary_key or cols in ref_spec.uniques
+
+
+# ---------------------------------------------------------------------------
+def compare_existing(spec: TargetSpec, catalog: Catalog) -> list[str]:
+    """Column-by-column diff between what the plan expects and an existing target."""
+    rel = catalog.relation(spec.schema, spec.table)
+    if rel is None:
+        return []
+    diff: list[str] = []
+    if spec.kind == "view":
+        if rel.kind != "view":
+            diff.append(f"{spec.qualified} exists as a {rel.kind}; the plan recreates it as a view")
+        return diff
+    if rel.kind != "table":
+        return [f"{spec.qualified} exists as a {rel.kind}; the plan needs a table"]
+    filled: set[str] = set()
+    for step in spec.steps:
+        added = step.add_columns
+        for f in spec.flows.get(step.name, []):
+            filled.add(f.target)
+            col = rel.columns.get(f.target)
+            if col is None:
+                if f.target in added:
+                    continue
+                diff.append(f"  {f.target}: missing in {spec.qualified} (the plan fills it from "
+                            f"{step.source}.{f.source or '<default>'} as {f.type})")
+            elif col.type != f.type and not (f.target in added and step.action == "merge"):
+                diff.append(f"  {f.target}: {spec.qualified} has {col.type}, the plan gives {f.type} "
+                            f"(from {step.source}.{f.source}); add `cast: {col.type}` or fix the target")
+        for name, a in added.items():
+            col = rel.columns.get(name)
+            if col is not None and col.type != a.type and col.type != _canon(a.type):
+                diff.append(f"  {name}: {spec.qualified} already has it as {col.type}, the plan adds it as {a.type}")
+    # A merge only inserts source rows that match no target row; such a row missing a
+    # required column is quarantined with its reason, so only copies must fill them all.
+    merging = all(step.action == "merge" for step in spec.steps)
+    for col in rel.columns.values():
+        if merging:
+            break
+        if col.name not in filled and col.not_null and col.default is None and not col.identity:
+            diff.append(f"  {col.name}: NOT NULL without default in {spec.qualified}, and no step fills it")
+    return diff
+
+
+_CANON = {"integer": "integer", "int": "integer", "int4": "integer", "bigint": "bigint", "int8": "bigint",
+          "text": "text", "boolean": "boolean", "bool": "boolean"}
+
+
+def _canon(type_text: str) -> str:
+    return _CANON.get(type_text.lower(), type_text)

@@ -1,0 +1,368 @@
+"""Backups of the legacy schemas before 4D drops anything, and their restore.
+
+One archive per legacy schema, `pg_dump -Fc -n <schema>` (the bundled pg_dump; it dumps
+servers back to PostgreSQL 9.2). Every archive of one backup is taken from ONE exported
+snapshot, and in that same snapshot the engine
+
+* re-computes the reconciliation digest and compares it with the approved fingerprint
+  (so what is dumped is exactly what the person approved), and
+* computes a checksum of every table it dumps: an order-independent md5 over the md5 of
+  each row's text (`md5(string_agg(md5(ROW(t.*)::text), '' ORDER BY 1))`, with the
+  output settings pinned), and the same for every consolidated target (the baseline the
+  post-cleanup gate compares with).
+
+An archive counts only when it is readable (`pg_restore --list`), lists data for every
+table whose checksum was taken, and its size and sha256 are in the ledger (kind
+'backup') and in manifest.json beside the archives.
+
+Credentials reach pg_dump/pg_restore/psql as PG* environment variables derived from the
+DSN (psycopg.conninfo.conninfo_to_dict): never on a command line.
+
+Restore (`restore_schemas`): all archives in one psql transaction, pre-data of every
+archive first, then data, then post-data, so foreign keys between legacy schemas (e.g.
+tracking -> public) are re-created after both tables exist; an error rolls everything
+back. Then every restored table's checksum must equal the one recorded at backup time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from consolidation.core import config, ledger
+from consolidation.core.plan import Plan
+
+PHASE = "4D"
+
+# libpq connection keywords -> the environment variables libpq reads.
+_PG_ENV = {
+    "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER",
+    "password": "PGPASSWORD", "passfile": "PGPASSFILE", "service": "PGSERVICE", "options": "PGOPTIONS",
+    "application_name": "PGAPPNAME", "connect_timeout": "PGCONNECT_TIMEOUT", "sslmode": "PGSSLMODE",
+    "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY", "sslrootcert": "PGSSLROOTCERT", "sslcrl": "PGSSLCRL",
+    "sslcrldir": "PGSSLCRLDIR", "sslsni": "PGSSLSNI", "sslnegotiation": "PGSSLNEGOTIATION",
+    "requiressl": "PGREQUIRESSL", "sslcompression": "PGSSLCOMPRESSION",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION", "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "gssencmode": "PGGSSENCMODE", "krbsrvname": "PGKRBSRVNAME", "gsslib": "PGGSSLIB",
+    "channel_binding": "PGCHANNELBINDING", "require_auth": "PGREQUIREAUTH",
+    "target_session_attrs": "PGTARGETSESSIONATTRS", "load_balance_hosts": "PGLOADBALANCEHOSTS",
+    "client_encoding": "PGCLIENTENCODING",
+}
+
+# Text output of values depends on these settings; checksums are taken with them pinned,
+# so a checksum at backup time and one after a restore (another session) are comparable.
+_PINNED = {"TimeZone": "UTC", "DateStyle": "ISO, MDY", "IntervalStyle": "postgres",
+           "extra_float_digits": "3", "bytea_output": "hex"}
+
+
+class BackupFailed(RuntimeError):
+    """A backup or a restore that cannot be trusted; the message names the file or table."""
+
+
+@dataclass
+class Archive:
+    schema: str
+    path: str
+    bytes: int
+    sha256: str
+    toc_entries: int
+    tables: dict[str, dict] = field(default_factory=dict)  # qualified -> {"rows", "checksum"}
+
+
+# ------------------------------------------------------------------ credentials
+def pg_env(dsn: str) -> dict[str, str]:
+    """Environment for the PostgreSQL client programs: os.environ with PG* from the DSN."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    for key, value in conninfo_to_dict(dsn).items():
+        if value in (None, ""):
+            continue
+        var = _PG_ENV.get(key)
+        if var is None:
+            raise BackupFailed(f"connection option {key!r} of the database DSN has no libpq environment "
+                               "variable; remove it from the DSN or set it in the environment yourself")
+        env[var] = str(value)
+    return env
+
+
+def _run(args: list[str], env: dict, what: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        err = (proc.stderr or proc.stdout).strip()
+        raise BackupFailed(f"{what} failed (exit {proc.returncode}): {err[-2000:]}")
+    return proc
+
+
+def _bin(name: str) -> str:
+    from consolidation.core.embedded import bin_path
+
+    return str(bin_path(name))
+
+
+# ------------------------------------------------------------------ checksums
+def pin_output(conn) -> None:
+    """Pin the settings that change how values print (transaction-local)."""
+    for name, value in _PINNED.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+
+
+def tables_of(conn, schema: str) -> list[str]:
+    """Ordinary and partitioned tables of a schema (partitions are dumped with their parent)."""
+    return [r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1",
+        (schema,)).fetchall()]
+
+
+def table_checksum(conn, schema: str, table: str) -> dict:
+    """{"rows", "checksum"}: md5 over the sorted md5s of every row (order-independent)."""
+    row = conn.execute(sql.SQL(
+        "SELECT md5(coalesce(string_agg(h, '' ORDER BY h), '')), count(*) "
+        "FROM (SELECT md5(ROW(t.*)::text) AS h FROM {}.{} AS t) AS x").format(
+        sql.Identifier(schema), sql.Identifier(table))).fetchone()
+    return {"rows": row[1], "checksum": row[0]}
+
+
+def schema_checksums(conn, schema: str) -> dict[str, dict]:
+    pin_output(conn)
+    return {f"{schema}.{t}": table_checksum(conn, schema, t) for t in tables_of(conn, schema)}
+
+
+def target_tables(plan: Plan) -> list[str]:
+    """The consolidated tables the plan writes (recreated views excluded)."""
+    return sorted({s.target for s in plan.migrating_steps() if not s.is_recreated_view})
+
+
+def target_baseline(conn, plan: Plan) -> dict[str, dict]:
+    pin_output(conn)
+    out = {}
+    for name in target_tables(plan):
+        schema, table = name.split(".", 1)
+        if conn.execute("SELECT to_regclass(%s)", (sql.Identifier(schema, table).as_string(conn),)).fetchone()[0]:
+            out[name] = table_checksum(conn, schema, table)
+    return out
+
+
+# ------------------------------------------------------------------ backup
+def default_folder(run_id: str) -> Path:
+    return config.backup_dir() / safe_name(run_id)
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def toc(path: Path, env: dict) -> list[str]:
+    """The archive's table of contents (pg_restore --list): proves it is readable."""
+    out = _run([_bin("pg_restore"), "--list", str(path)], env, f"pg_restore --list {path}").stdout
+    return [line for line in out.splitlines() if line and not line.startswith(";")]
+
+
+def _data_entries(entries: list[str]) -> set[str]:
+    found = set()
+    for line in entries:
+        m = re.match(r"^\d+; \d+ \d+ TABLE DATA (\S+) (\S+) ", line)
+        if m:
+            found.add(f"{m.group(1)}.{m.group(2)}")
+    return found
+
+
+def verify_archive(path: Path, *, sha256: str, tables: dict, env: dict) -> int:
+    """The file is there, unchanged, readable, and holds data for every table; returns TOC size."""
+    if not path.exists():
+        raise BackupFailed(f"backup archive {path} is missing; it was recorded in the ledger - "
+                           "restore it from where backups are kept, or take a new backup")
+    actual = sha256_of(path)
+    if actual != sha256:
+        raise BackupFailed(f"backup archive {path} has sha256 {actual[:16]}..., the ledger recorded "
+                           f"{sha256[:16]}...: the file changed since the backup; do not use it")
+    entries = toc(path, env)
+    missing = sorted(set(tables) - _data_entries(entries))
+    if missing:
+        raise BackupFailed(f"backup archive {path} holds no data entry for {', '.join(missing)}; "
+                           "take the backup again")
+    return len(entries)
+
+
+def take_backup(dsn: str, plan: Plan, folder: Path, *, run_id: str, user: str | None,
+                expected_fingerprint: str | None = None) -> dict:
+    """Dump every existing legacy schema from one snapshot; verify and record each archive.
+
+    With `expected_fingerprint`, the reconciliation fingerprint is recomputed inside the
+    snapshot and must equal it (the approved one), or nothing is dumped.
+    Returns {"folder", "snapshot", "fingerprint", "archives": [...], "baseline": {...}}.
+    """
+    from consolidation.phases.approvals import fingerprint as fingerprint_of
+    from consolidation.checks.reconcile import digest
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    env = pg_env(dsn)
+    archives: list[Archive] = []
+    with psycopg.connect(dsn, connect_timeout=10) as snap:
+        snap.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        snap.read_only = True
+        with snap.transaction():
+            snapshot = snap.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            fp = fingerprint_of(plan, digest(snap, plan))
+            if expected_fingerprint and fp != expected_fingerprint:
+                raise BackupFailed(
+                    f"the data changed since the cleanup was approved (fingerprint {expected_fingerprint[:12]} "
+                    f"approved, {fp[:12]} now); nothing was dumped or dropped - re-run phase4d_legacy_cleanup "
+                    "for a new request")
+            present = {r[0] for r in snap.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)",
+                                                  (list(plan.legacy_schemas),)).fetchall()}
+            sums = {s: schema_checksums(snap, s) for s in plan.legacy_schemas if s in present}
+            baseline = target_baseline(snap, plan)
+            for schema in plan.legacy_schemas:
+                if schema not in present:
+                    continue
+                path = folder / f"{safe_name(schema)}.dump"
+                _run([_bin("pg_dump"), "--format=custom", f"--schema={schema}", f"--snapshot={snapshot}",
+                      "--no-password", f"--file={path}"], env, f"pg_dump of schema {schema}")
+                archives.append(Archive(schema, str(path), path.stat().st_size, sha256_of(path), 0, sums[schema]))
+    # every archive is checked readable and complete before anything may be dropped
+    for a in archives:
+        a.toc_entries = verify_archive(Path(a.path), sha256=a.sha256, tables=a.tables, env=env)
+    taken_at = datetime.now(timezone.utc).isoformat()
+    manifest = {"run_id": run_id, "taken_at": taken_at, "plan_sha256": plan.sha256, "snapshot": snapshot,
+                "fingerprint": fp, "archives": [asdict(a) for a in archives], "baseline": baseline}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        for a in archives:
+            ledger.record(conn, plan, status=ledger.SUCCESS, run_id=run_id, phase=PHASE, kind="backup",
+                          name=f"backup:{a.schema}", source=a.schema, target=a.path, triggered_by=user,
+                          message=f"{a.schema}: {len(a.tables)} table(s), {a.bytes:,} bytes, sha256 {a.sha256}",
+                          details=asdict(a) | {"snapshot": snapshot, "fingerprint": fp, "format": "custom",
+                                               "manifest": str(folder / "manifest.json")})
+        ledger.record(conn, plan, status=ledger.SUCCESS, run_id=run_id, phase=PHASE, kind="run",
+                      name="baseline", triggered_by=user,
+                      message="consolidated tables at backup time (what the post-cleanup gate compares with)",
+                      details={"targets": baseline, "fingerprint": fp, "snapshot": snapshot})
+        conn.commit()
+    return manifest
+
+
+# ------------------------------------------------------------------ reading back
+def latest_backups(conn, plan: Plan, run_id: str | None = None) -> dict[str, dict]:
+    """{schema: ledger row} of the most recent successful backup of each legacy schema
+    (of one run, when run_id is given)."""
+    where = sql.SQL("phase = %s AND kind = 'backup' AND status = 'success' AND name LIKE 'backup:%%'")
+    params: tuple = (PHASE,)
+    if run_id:
+        where = sql.SQL("{} AND run_id = %s").format(where)
+        params += (run_id,)
+    out: dict[str, dict] = {}
+    for row in ledger.rows(conn, plan, where, params):
+        out[row["source"]] = row  # later rows win
+    return out
+
+
+def baseline(conn, plan: Plan, run_id: str) -> dict | None:
+    rows = ledger.rows(conn, plan, "phase = '4D' AND kind = 'run' AND name = 'baseline' AND run_id = %s", (run_id,))
+    return rows[-1]["details"]["targets"] if rows else None
+
+
+# ------------------------------------------------------------------ restore
+def _server_version(conn) -> int:
+    return conn.info.server_version
+
+
+def _filtered_list(archive: Path, env: dict, existing_schemas: set[str], folder: Path) -> Path:
+    """A pg_restore -L list without the CREATE SCHEMA entry of schemas that still exist
+    (the kept, emptied public schema)."""
+    out = []
+    for line in _run([_bin("pg_restore"), "--list", str(archive)], env, f"pg_restore --list {archive}").stdout.splitlines():
+        m = re.match(r"^\d+; \d+ \d+ SCHEMA - (\S+) ", line)
+        if m and m.group(1) in existing_schemas:
+            out.append(";" + line)  # commented out: not restored
+        else:
+            out.append(line)
+    path = folder / (archive.name + ".list")
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def _script(archive: Path, listing: Path, section: str, env: dict, folder: Path, strip_timeout: bool) -> Path:
+    path = folder / f"{archive.stem}.{section}.sql"
+    _run([_bin("pg_restore"), f"--section={section}", f"--use-list={listing}", f"--file={path}", str(archive)],
+         env, f"pg_restore --section={section} {archive}")
+    if strip_timeout:
+        # pg_restore writing a script cannot know the server; `SET transaction_timeout`
+        # exists from PostgreSQL 17 on and would abort the transaction on older servers.
+        tmp = path.with_suffix(".tmp")
+        with open(path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+            for line in src:
+                if line.strip() != "SET transaction_timeout = 0;":
+                    dst.write(line)
+        tmp.replace(path)
+    return path
+
+
+def restore_schemas(dsn: str, plan: Plan, backups: dict[str, dict], *, run_id: str,
+                    user: str | None) -> dict[str, dict]:
+    """Restore the given schemas ({schema: backup ledger row}) in ONE transaction, then
+    prove every table equals its backup checksum. Returns {schema: {"tables": n}}."""
+    env = pg_env(dsn)
+    for schema, row in backups.items():
+        d = row["details"]
+        verify_archive(Path(d["path"]), sha256=d["sha256"], tables=d["tables"], env=env)
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        existing = {r[0] for r in conn.execute("SELECT nspname FROM pg_namespace").fetchall()}
+        strip = _server_version(conn) < 170000
+    with tempfile.TemporaryDirectory(prefix="consolidation-restore-") as tmp:
+        folder = Path(tmp)
+        scripts: list[Path] = []
+        lists = {s: _filtered_list(Path(r["details"]["path"]), env, existing, folder) for s, r in backups.items()}
+        for section in ("pre-data", "data", "post-data"):
+            for schema, row in backups.items():
+                scripts.append(_script(Path(row["details"]["path"]), lists[schema], section, env, folder, strip))
+        args = [_bin("psql"), "--no-psqlrc", "--quiet", "--no-password", "--single-transaction",
+                "--set=ON_ERROR_STOP=1"]
+        for s in scripts:
+            args.append(f"--file={s}")
+        _run(args, env, f"restoring {', '.join(backups)} (one transaction; nothing was restored)")
+    out = {}
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        all_problems: list[str] = []
+        for schema, row in backups.items():
+            problems: list[str] = []
+            recorded = row["details"]["tables"]
+            with conn.transaction():
+                now = schema_checksums(conn, schema)
+            for table, want in recorded.items():
+                got = now.get(table)
+                if got != want:
+                    problems.append(f"{table}: backup had {want['rows']} rows (checksum {want['checksum'][:12]}), "
+                                    f"restored {got['rows'] if got else 'no table'}"
+                                    + (f" (checksum {got['checksum'][:12]})" if got else ""))
+            status = ledger.SUCCESS if not problems else ledger.FAILED
+            ledger.record(conn, plan, status=status, run_id=run_id, phase="rollback", kind="backup",
+                          name=f"restore:{schema}", source=row["details"]["path"], target=schema, triggered_by=user,
+                          message=f"{schema} restored from {row['details']['path']}: {len(recorded)} table(s) "
+                                  + ("equal to the backup checksums" if not problems else "DIFFER from the backup"),
+                          details={"backup_ledger_id": row["id"], "sha256": row["details"]["sha256"],
+                                   "tables": now, "problems": problems})
+            out[schema] = {"tables": len(recorded)}
+            all_problems += problems
+        conn.commit()
+        if all_problems:
+            raise BackupFailed("restored tables differ from the backup checksums:\n  " + "\n  ".join(all_problems))
+    return out

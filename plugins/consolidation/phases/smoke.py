@@ -1,0 +1,184 @@
+"""Service smoke checks: the queries services run, through the legacy names and the registry.
+
+Each file in include/sql/smoke/ (or the folder in $CONSOLIDATION_SMOKE_DIR) is one SELECT
+written the way a service queries its tables - joins, filters, aggregates, ORDER BY -
+naming every table by its legacy logical name in double braces, with an alias:
+
+    -- Pre-game recommendations with the game they are for.
+    SELECT r.strategy_name, g.home, g.away
+      FROM {{tracking.pre_game_recommendations}} AS r
+      JOIN {{splits.games}} AS g ON g.game_id = r.game_id
+
+Leading `--` lines are its description. A placeholder is `{{schema.table}}` (unquoted
+identifiers) followed by `AS alias` (the registry side is a subquery, and PostgreSQL 15
+requires an alias on one). One statement per file; a trailing `;` is allowed.
+
+The query is rendered twice: once with each placeholder as the legacy table itself, once
+with what the registry resolves (registry.Resolved.relation(): the consolidated table
+under the legacy column names and types, filtered to the legacy table's rows). The
+registry records the column renames, so the query text never changes: `g.game_id` above
+reads core_betting.supplementary_games.external_game_id cast back to text, `home`
+reads home_team. Both renderings must return the same multiset of rows (md5 of each row's
+text, EXCEPT ALL both ways, inside the database); the 4C gate has one check per file,
+named after it, that returns the differing rows.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from psycopg import sql
+
+from consolidation.core import config
+from consolidation.checks.gx import Check
+from consolidation.core.plan import Plan
+from consolidation.phases.registry import NotRegistered, multiset_diff, resolve
+
+SMOKE_DIR_ENV = "CONSOLIDATION_SMOKE_DIR"
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_$]*)\.([A-Za-z_][A-Za-z0-9_$]*)\s*\}\}")
+_ALIAS_AFTER = re.compile(r"\s+AS\s+[A-Za-z_][A-Za-z0-9_$]*", re.IGNORECASE)
+
+
+class SmokeError(ValueError):
+    """A smoke query file that cannot be used; the message names the file and the fix."""
+
+
+@dataclass
+class SmokeQuery:
+    name: str  # the file's stem: names the gate check
+    path: Path
+    description: str
+    text: str
+    names: list[str] = field(default_factory=list)  # legacy logical names, in order of appearance
+
+    def render(self, relation_for: Callable[[str], sql.Composable]) -> sql.Composed:
+        """The query with each placeholder replaced by relation_for(logical name)."""
+        parts: list[sql.Composable] = []
+        pos = 0
+        for m in PLACEHOLDER.finditer(self.text):
+            parts.append(sql.SQL(self.text[pos:m.start()]))
+            parts.append(relation_for(f"{m.group(1)}.{m.group(2)}"))
+            pos = m.end()
+        parts.append(sql.SQL(self.text[pos:]))
+        return sql.Composed(parts)
+
+    def legacy(self) -> sql.Composed:
+        return self.render(lambda name: sql.Identifier(*name.split(".")))
+
+    def through_registry(self, conn, plan: Plan) -> sql.Composed:
+        """Raises registry.NotRegistered naming the first placeholder the registry cannot resolve."""
+        resolved = {n: resolve(conn, n, plan=plan) for n in self.names}
+        return self.render(lambda name: resolved[name].relation())
+
+
+def smoke_dir(folder: str | Path | None = None) -> Path:
+    return Path(folder or os.environ.get(SMOKE_DIR_ENV) or config.SQL_DIR / "smoke")
+
+
+def load_queries(folder: str | Path | None = None) -> list[SmokeQuery]:
+    """Every *.sql file of the smoke folder, by file name, validated."""
+    base = smoke_dir(folder)
+    files = sorted(base.glob("*.sql"))
+    if not files:
+        raise SmokeError(f"no smoke queries in {base}: add at least one *.sql file "
+                         f"(or point {SMOKE_DIR_ENV} at the folder holding them)")
+    return [parse(p.read_text(encoding="utf-8"), p) for p in files]
+
+
+def parse(text: str, path: Path) -> SmokeQuery:
+    lines = text.strip().splitlines()
+    doc = []
+    for line in lines:
+        if not line.lstrip().startswith("--"):
+            break
+        doc.append(line.lstrip()[2:].strip())
+    body = text.strip().rstrip(";").strip()
+    where = f"smoke query {path}"
+    if ";" in _strip_comments(body):
+        raise SmokeError(f"{where}: one statement per file; split it or remove the inner ';'")
+    if "{{" in PLACEHOLDER.sub("", body):
+        raise SmokeError(f"{where}: a placeholder is malformed; write {{{{schema.table}}}} with unquoted names")
+    matches = list(PLACEHOLDER.finditer(body))
+    if not matches:
+        raise SmokeError(f"{where}: names no table; refer to tables as {{{{schema.table}}}} AS alias")
+    for m in matches:
+        if not _ALIAS_AFTER.match(body, m.end()):
+            raise SmokeError(f"{where}: {m.group(0)} needs an alias: write `{m.group(0)} AS x` "
+                             "(the registry side is a subquery)")
+    names = list(dict.fromkeys(f"{m.group(1)}.{m.group(2)}" for m in matches))
+    return SmokeQuery(path.stem, path, " ".join(d for d in doc if d), body, names)
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"--[^\n]*", "", text)
+
+
+def _legacy_exists(conn, name: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                        (sql.Identifier(*name.split(".")).as_string(conn),)).fetchone()[0]
+
+
+def _rows(query: sql.Composable) -> sql.Composed:
+    return sql.SQL("SELECT ROW(q.*) AS r FROM ({}) AS q").format(query)
+
+
+def comparison(conn, plan: Plan, q: SmokeQuery) -> tuple[sql.Composed, str]:
+    """(SQL returning the rows that differ, what it proves) for one smoke query."""
+    what = f"smoke query {q.path.name}" + (f" ({q.description})" if q.description else "")
+    try:
+        through = q.through_registry(conn, plan)
+    except NotRegistered as exc:
+        return (sql.SQL("SELECT {} AS smoke_query, {} AS problem").format(sql.Literal(q.path.name), sql.Literal(str(exc))),
+                f"{what} resolves every table through the registry")
+    gone = [n for n in q.names if not _legacy_exists(conn, n)]
+    if gone:  # after 4D: nothing to compare with, but the query must still run
+        return (sql.SQL("SELECT NULL::text AS only_in, NULL::text AS row_text FROM ({}) AS q WHERE false").format(through),
+                f"{what} runs through the registry (legacy {', '.join(gone)} gone: not compared)")
+    return (multiset_diff(_rows(q.legacy()), _rows(through), "legacy", "registry"),
+            f"{what} returns the same rows through the registry as from the legacy tables")
+
+
+def smoke_checks(conn, plan: Plan, folder: str | Path | None = None) -> list[Check]:
+    """One gate check per smoke query: the rows that differ between both renderings."""
+    table = ".".join(plan.tool_table("registry"))
+    checks = []
+    for q in load_queries(folder):
+        query, description = comparison(conn, plan, q)
+        checks.append(Check(name=f"smoke_{q.name}", table=table, kind="rows", description=description,
+                            query=query.as_string(conn)))
+    return checks
+
+
+@dataclass
+class SmokeOutcome:
+    name: str
+    legacy_rows: int | None
+    registry_rows: int | None
+    differing: int | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.differing == 0
+
+
+def run_smoke(conn, plan: Plan, folder: str | Path | None = None) -> list[SmokeOutcome]:
+    """The smoke comparison without Great Expectations (CLI, diagnosis); reads, never writes."""
+    import psycopg
+
+    out = []
+    for q in load_queries(folder):
+        try:
+            through = q.through_registry(conn, plan)
+            legacy_n = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS q").format(q.legacy())).fetchone()[0]
+            reg_n = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS q").format(through)).fetchone()[0]
+            diff = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS d").format(
+                multiset_diff(_rows(q.legacy()), _rows(through), "legacy", "registry"))).fetchone()[0]
+            out.append(SmokeOutcome(q.name, legacy_n, reg_n, diff))
+        except (NotRegistered, psycopg.Error) as exc:
+            conn.rollback()
+            out.append(SmokeOutcome(q.name, None, None, None, " ".join(str(exc).split())))
+    return out
