@@ -5,6 +5,7 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 
 from consolidation.cli import decisions
+from consolidation.phases.approvals import REASON_MIN_LENGTH
 
 DOC = """
 ### Phase 4D: approve or reject the legacy cleanup
@@ -35,7 +36,7 @@ with DAG(
         "request": Param(None, type=["null", "integer"], minimum=1, title="Request id",
                          description="the approval request to decide; empty = the single pending request"),
         "decision": Param(type="string", enum=["approve", "reject"], title="Decision"),
-        "reason": Param(type="string", minLength=decisions.REASON_MIN_LENGTH, title="Reason",
+        "reason": Param(type="string", minLength=REASON_MIN_LENGTH, title="Reason",
                         description="what you reviewed and why you decide so (recorded with your user name)"),
     },
     tags=["consolidation", "phase4", "approval"],

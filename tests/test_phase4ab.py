@@ -12,7 +12,9 @@ from psycopg import sql
 
 from consolidation.phases import extend
 from consolidation.core import ledger
-from consolidation.checks import phase_gates as phases
+from consolidation.checks import gates as phases
+from consolidation.checks.gate_4a import gate_4a_checks
+from consolidation.checks.gate_4b import gate_4b_checks
 from consolidation.checks.gx import GateFailed
 from consolidation.phases.migrate import StepFailed, run_step
 from consolidation.core.plan import load_plan
@@ -43,7 +45,7 @@ def engine_4a(dsn: str, plan=None) -> None:
         for schema in plan.legacy_schemas:
             extend.extend_group(conn, plan, schema, run_id="setup-4a", user="test")
         extend.finalize(conn, plan, run_id="setup-4a", user="test")
-        checks = phases.gate_4a_checks(conn, plan)
+        checks = gate_4a_checks(conn, plan)
         conn.commit()
         phases.run_phase_gate(conn, dsn, plan, "4A", checks, run_id="setup-4a", user="test")
 
@@ -59,7 +61,7 @@ def engine_4b(dsn: str, plan=None, run_id: str = "setup-4b") -> None:
 def gate_4b(dsn: str, plan=None):
     plan = plan or load_plan()
     with psycopg.connect(dsn) as conn:
-        checks = phases.gate_4b_checks(conn, plan)
+        checks = gate_4b_checks(conn, plan)
         conn.commit()
         return phases.run_phase_gate(conn, dsn, plan, "4B", checks, run_id="test-gate", user="test")
 

@@ -16,7 +16,10 @@ from psycopg import sql
 
 from consolidation.phases import extend, registry, smoke
 from consolidation.core import ledger
-from consolidation.checks import phase_gates as phases
+from consolidation.checks import gates as phases
+from consolidation.checks.gate_4a import gate_4a_checks
+from consolidation.checks.gate_4b import gate_4b_checks
+from consolidation.phases.registry_checks import gate_4c_checks
 from consolidation.checks.gx import GateFailed
 from consolidation.phases.migrate import run_step
 from consolidation.core.plan import load_plan
@@ -33,19 +36,19 @@ def engine_4a_4b(dsn: str, plan) -> None:
         for schema in plan.legacy_schemas:
             extend.extend_group(conn, plan, schema, run_id="setup-4a", user="test")
         extend.finalize(conn, plan, run_id="setup-4a", user="test")
-        checks = phases.gate_4a_checks(conn, plan)
+        checks = gate_4a_checks(conn, plan)
         conn.commit()
         phases.run_phase_gate(conn, dsn, plan, "4A", checks, run_id="setup-4a", user="test")
         for step in plan.migrating_steps():
             run_step(conn, plan, step.name, run_id="setup-4b", user="test")
-        checks = phases.gate_4b_checks(conn, plan)
+        checks = gate_4b_checks(conn, plan)
         conn.commit()
         phases.run_phase_gate(conn, dsn, plan, "4B", checks, run_id="setup-4b", user="test")
 
 
 def gate_4c(dsn: str, plan, **kw):
     with psycopg.connect(dsn) as conn:
-        checks = phases.gate_4c_checks(conn, plan, **kw)
+        checks = gate_4c_checks(conn, plan, **kw)
         conn.commit()
         return phases.run_phase_gate(conn, dsn, plan, "4C", checks, run_id="test-gate-4c", user="test")
 

@@ -9,7 +9,7 @@ import pytest
 
 from consolidation.phases import extend, rollback
 from consolidation.core import ledger
-from consolidation.checks import phase_gates as phases
+from consolidation.checks import gates as phases
 from consolidation.core.plan import load_plan
 
 from conftest import dbname_of

@@ -48,18 +48,19 @@ def export_registry_task(**context) -> str:
 
 
 def gate_4c_task(**context) -> dict:
-    from consolidation.checks import phase_gates as phases
+    from consolidation.checks import gates
+    from consolidation.phases.registry_checks import gate_4c_checks
     from consolidation.phases.registry import exported_in_run
 
     plan = _plan()
     info = run_info(context)
     with task_connection() as (dsn, conn):
-        phases.require_gate(conn, plan, "4C")  # the gate runs after failed tasks, never after a refusal
+        gates.require_gate(conn, plan, "4C")  # the gate runs after failed tasks, never after a refusal
         # the file this run exported must say what the table says; no export in this run fails that check
         exported = exported_in_run(conn, plan, info.run_id)
-        checks = phases.gate_4c_checks(conn, plan, export_file=exported or _missing_export(info.run_id))
+        checks = gate_4c_checks(conn, plan, export_file=exported or _missing_export(info.run_id))
         conn.commit()
-        result = phases.run_phase_gate(conn, dsn, plan, "4C", checks, run_id=info.run_id, user=info.user)
+        result = gates.run_phase_gate(conn, dsn, plan, "4C", checks, run_id=info.run_id, user=info.user)
     print(result.summary())
     return {"gate": "4C", "passed": result.passed, "checks": len(result.results)}
 

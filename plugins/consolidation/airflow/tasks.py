@@ -27,7 +27,7 @@ def inventory_task(**context) -> dict:
 
 
 def require_gate_task(phase: str, **context) -> dict:
-    from consolidation.checks.phase_gates import require_gate
+    from consolidation.checks.gates import require_gate
 
     plan = _plan()
     with task_connection() as (_, conn):
@@ -69,17 +69,19 @@ def finalize_4a_task(**context) -> list[str]:
 
 
 def gate_task(phase: str, **context) -> dict:
-    from consolidation.checks import phase_gates as phases
+    from consolidation.checks import gates
+    from consolidation.checks.gate_4a import gate_4a_checks
+    from consolidation.checks.gate_4b import gate_4b_checks
 
     plan = _plan()
     info = run_info(context)
-    builders = {"4A": phases.gate_4a_checks, "4B": phases.gate_4b_checks}
+    builders = {"4A": gate_4a_checks, "4B": gate_4b_checks}
     with task_connection() as (dsn, conn):
-        if phase in phases.PREVIOUS:  # the gate runs even after failed steps, never after a refusal
-            phases.require_gate(conn, plan, phase)
+        if phase in gates.PREVIOUS:  # the gate runs even after failed steps, never after a refusal
+            gates.require_gate(conn, plan, phase)
         checks = builders[phase](conn, plan)
         conn.commit()
-        result = phases.run_phase_gate(conn, dsn, plan, phase, checks, run_id=info.run_id, user=info.user)
+        result = gates.run_phase_gate(conn, dsn, plan, phase, checks, run_id=info.run_id, user=info.user)
     print(result.summary())
     return {"gate": phase, "passed": result.passed, "checks": len(result.results)}
 

@@ -106,7 +106,7 @@ def digest(conn, plan: Plan, specs: dict[str, TargetSpec] | None = None) -> dict
     import json
 
     if specs is None:
-        from consolidation.phases.extend import load_specs
+        from consolidation.core.session import load_specs
 
         _, specs = load_specs(conn, plan)
     per_step = {}
@@ -120,3 +120,17 @@ def digest(conn, plan: Plan, specs: dict[str, TargetSpec] | None = None) -> dict
             per_step[step.name] = checksums(conn, plan, step, specs[step.target])
     blob = json.dumps({"plan": plan.sha256, "steps": per_step}, sort_keys=True, default=str)
     return {"digest": hashlib.sha256(blob.encode()).hexdigest(), "plan_sha256": plan.sha256, "steps": per_step}
+
+
+def multiset_diff(left: sql.Composable, right: sql.Composable, left_name: str, right_name: str) -> sql.Composed:
+    """Rows (as text) in one side and not the other, counting duplicates; each side is a
+    `SELECT <row> AS r ...`. Compared by md5 of the row text, shown truncated."""
+    def side(q):
+        return sql.SQL("SELECT md5(x.r::text) AS h, left(x.r::text, 300) AS row_text FROM ({}) AS x").format(q)
+
+    # each side is computed once (MATERIALIZED), then compared both ways
+    return sql.SQL(
+        "WITH a AS MATERIALIZED ({l}), b AS MATERIALIZED ({r}) "
+        "SELECT {ln} AS only_in, d.row_text FROM (SELECT h, row_text FROM a EXCEPT ALL SELECT h, row_text FROM b) AS d "
+        "UNION ALL SELECT {rn}, d.row_text FROM (SELECT h, row_text FROM b EXCEPT ALL SELECT h, row_text FROM a) AS d").format(
+        l=side(left), r=side(right), ln=sql.Literal(f"only in {left_name}"), rn=sql.Literal(f"only in {right_name}"))

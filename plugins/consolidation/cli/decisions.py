@@ -15,7 +15,6 @@ import json
 import sys
 
 FORM_KEYS = ("request", "decision", "reason")
-REASON_MIN_LENGTH = 5  # a reason says what was reviewed; "ok" is not one
 
 
 # ------------------------------------------------------------------ UI (task body)

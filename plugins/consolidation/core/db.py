@@ -12,11 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from consolidation.core import config
-
-
-class DatabaseUnreachable(RuntimeError):
-    """Raised with a one-line message: the DSN (password hidden) and how to fix it."""
+from consolidation.core import config, embedded
+from consolidation.core.errors import DatabaseUnreachable
 
 
 def redact(dsn: str) -> str:
@@ -37,8 +34,6 @@ def resolve_dsn(dsn: str | None = None) -> str:
     env = config.configured_db_url()
     if env:
         return env
-    from consolidation.core import embedded
-
     return embedded.url()
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from consolidation.core import config
-from consolidation.core.db import DatabaseUnreachable
+from consolidation.core.errors import DatabaseUnreachable
 
 DEFAULT_PORT = 55432
 DATABASE = "betting"

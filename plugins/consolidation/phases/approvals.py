@@ -19,7 +19,6 @@ from typing import Any
 from psycopg import sql
 
 from consolidation.core import ledger
-from consolidation.cli.decisions import REASON_MIN_LENGTH
 from consolidation.core.ledger import tool_ident
 from consolidation.core.plan import Plan
 
@@ -28,6 +27,7 @@ STATUSES = ("pending", "approved", "rejected", "refused", "superseded", "expired
 VIAS = ("ui", "cli")
 DECISIONS = {"approve": "approved", "reject": "rejected"}
 DEFAULT_VALIDITY_HOURS = 24.0
+REASON_MIN_LENGTH = 5  # a reason says what was reviewed; "ok" is not one
 CLEANUP_DAG = "phase4d_legacy_cleanup"
 
 
@@ -370,7 +370,7 @@ PHASES = ("4A", "4B", "4C", "4D")
 
 def status(conn, plan: Plan) -> dict:
     """Phases with their latest gate and latest ledger activity; pending and latest requests."""
-    from consolidation.checks.phase_gates import DAG_OF
+    from consolidation.checks.gates import DAG_OF
 
     out: dict[str, Any] = {"plan": plan.name, "plan_sha256": plan.sha256, "phases": [], "pending": [],
                            "latest_request": None}

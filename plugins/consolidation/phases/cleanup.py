@@ -72,7 +72,7 @@ def inventory_problems(conn, plan: Plan):
 
 def late_rows(conn, plan: Plan) -> list[dict]:
     """Steps whose legacy table holds rows that are not (identically) in the target."""
-    from consolidation.phases.extend import load_specs
+    from consolidation.core.session import load_specs
     from consolidation.checks.reconcile import checksums
 
     _, specs = load_specs(conn, plan)
@@ -91,7 +91,7 @@ def late_rows(conn, plan: Plan) -> list[dict]:
 
 def resync(conn, plan: Plan, late: list[dict], *, run_id: str, user: str | None) -> list[dict]:
     """Re-run the 4B steps of the late rows, upstream steps first; returns their results."""
-    from consolidation.phases.extend import load_specs
+    from consolidation.core.session import load_specs
     from consolidation.phases.migrate import order_steps, run_step
 
     _, specs = load_specs(conn, plan)
@@ -120,7 +120,7 @@ def describe_late(late: list[dict]) -> str:
 def preflight(conn, dsn: str, plan: Plan, *, resync_late_rows: bool, run_id: str, user: str | None) -> dict:
     """Inventory, late rows (block or re-sync), and the reconciliation re-proven as a GX gate."""
     from consolidation.checks.gx import GateFailed, run_gate
-    from consolidation.checks.phase_gates import gate_4b_checks
+    from consolidation.checks.gate_4b import gate_4b_checks
 
     inv, blocking = inventory_problems(conn, plan)
     before = {
@@ -435,7 +435,7 @@ def gate_4d_checks(conn, plan: Plan, baseline: dict[str, dict]) -> list:
 
 
 def run_gate_4d(conn, dsn: str, plan: Plan, *, run_id: str, user: str | None):
-    from consolidation.checks.phase_gates import run_phase_gate
+    from consolidation.checks.gates import run_phase_gate
 
     base = backups.baseline(conn, plan, run_id)
     if base is None:

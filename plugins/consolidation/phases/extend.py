@@ -15,7 +15,8 @@ from psycopg import sql
 from consolidation.core import ledger
 from consolidation.core.catalog import Catalog, introspect, table_details
 from consolidation.core.plan import Plan
-from consolidation.core.spec import TargetSpec, derive_specs, compare_existing
+from consolidation.core.session import created_targets, load_specs
+from consolidation.core.spec import TargetSpec, compare_existing
 
 PHASE = "4A"
 
@@ -32,23 +33,6 @@ class DDL:
     target: str
     statements: list[sql.Composable]
     record: dict = field(default_factory=dict)
-
-
-def created_targets(conn, plan: Plan) -> set[str]:
-    """Targets that 4A created (since the last rollback), according to the ledger."""
-    if not ledger.tool_tables_exist(conn, plan):
-        return set()
-    q = sql.SQL("""
-        SELECT target FROM {l}
-         WHERE phase = '4A' AND kind = 'ddl' AND status = 'success' AND details->>'kind' IN ('table', 'view')
-           AND id > COALESCE((SELECT max(id) FROM {l} WHERE kind = 'rollback' AND status = 'success'), 0)
-    """).format(l=ledger.tool_ident(plan, "ledger"))
-    return {r[0] for r in conn.execute(q).fetchall()}
-
-
-def load_specs(conn, plan: Plan, catalog: Catalog | None = None) -> tuple[Catalog, dict[str, TargetSpec]]:
-    catalog = catalog or introspect(conn, list(plan.legacy_schemas) + list(plan.consolidated_schemas), count_rows=False)
-    return catalog, derive_specs(conn, plan, catalog, created_targets(conn, plan))
 
 
 def group_of(spec: TargetSpec) -> str:

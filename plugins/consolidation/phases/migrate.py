@@ -17,7 +17,7 @@ from psycopg import sql
 from consolidation.core import ledger
 from consolidation.actions import action_for
 from consolidation.actions.base import column_list
-from consolidation.phases.extend import load_specs
+from consolidation.core.session import load_specs
 from consolidation.core.ledger import tool_ident
 from consolidation.core.plan import Plan, Step
 from consolidation.checks.reconcile import checksums

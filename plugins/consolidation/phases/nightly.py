@@ -211,7 +211,7 @@ def _remembered_keys(conn, plan: Plan, schema: str) -> dict[str, list[str]]:
 def _plan_keys(conn, plan: Plan) -> dict[str, list[str]]:
     """{target: key} from the plan's target specs, or {} when they cannot be derived
     (e.g. after 4D dropped the legacy sources the specs are derived from)."""
-    from consolidation.phases.extend import load_specs
+    from consolidation.core.session import load_specs
 
     try:
         with conn.transaction():

@@ -142,7 +142,7 @@ def _plan_objects(ddl: list[dict]) -> tuple[set[str], set[tuple[str, str]]]:
 
 def refusals(conn, plan: Plan, ddl: list[dict]) -> list[str]:
     """Why undoing would destroy something Phase 4 did not create (empty: safe)."""
-    from consolidation.phases.extend import load_specs
+    from consolidation.core.session import load_specs
     from consolidation.checks.reconcile import checksums
 
     problems: list[str] = []

@@ -35,7 +35,8 @@ from psycopg import sql
 from consolidation.core import config
 from consolidation.checks.gx import Check
 from consolidation.core.plan import Plan
-from consolidation.phases.registry import NotRegistered, multiset_diff, resolve
+from consolidation.checks.reconcile import multiset_diff
+from consolidation.phases.registry import NotRegistered, resolve
 
 SMOKE_DIR_ENV = "CONSOLIDATION_SMOKE_DIR"
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_$]*)\.([A-Za-z_][A-Za-z0-9_$]*)\s*\}\}")

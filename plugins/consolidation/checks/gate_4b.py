@@ -1,0 +1,86 @@
+"""The 4B gate: for every step, proven against the data, no source row missing, counts
+reconcile, quarantine within threshold, keys unique and not null, foreign keys resolve."""
+from __future__ import annotations
+
+from psycopg import sql
+
+from consolidation.checks.gx import Check
+from consolidation.checks.reconcile import count_query, extra_rows, missing_rows, sides
+from consolidation.core.ledger import tool_ident
+from consolidation.core.plan import Plan
+from consolidation.core.session import load_specs
+from consolidation.core.spec import TargetSpec
+
+
+def _rendered(conn, q: sql.Composable) -> str:
+    return q.as_string(conn)
+
+
+def gate_4b_checks(conn, plan: Plan) -> list[Check]:
+    """For every step, proven against the data: no source row missing, counts reconcile,
+    quarantine within threshold, keys unique and not null, foreign keys resolve."""
+    _, specs = load_specs(conn, plan)
+    checks: list[Check] = []
+    q = tool_ident(plan, "quarantine")
+    for step in plan.migrating_steps():
+        spec = specs[step.target]
+        s = sides(plan, step, spec)
+        checks.append(Check(
+            name="rows_present", table=spec.qualified, step=step.name, kind="rows",
+            description=f"every row of {step.source} is in {spec.qualified} with the same values "
+                        f"(hashed over {'all mapped columns' if step.action != 'merge' else 'key and enriched columns'})",
+            query=_rendered(conn, missing_rows(s))))
+        if step.action != "merge" and (not spec.exists_before_plan) and (len(spec.steps) == 1 or step.action == "union"):
+            checks.append(Check(
+                name="no_unexpected_rows", table=spec.qualified, step=step.name, kind="rows",
+                description=f"{spec.qualified} holds no row (of {step.source}) that is not in the source: "
+                            "no duplicates, no altered rows",
+                query=_rendered(conn, extra_rows(s))))
+        checks.append(Check(
+            name="counts_reconcile", table=spec.qualified, step=step.name, kind="rows",
+            description=f"rows of {step.source} = rows found in {spec.qualified} + rows quarantined",
+            query=_rendered(conn, sql.SQL("SELECT * FROM ({}) AS c WHERE c.read <> c.present + c.quarantined").format(
+                count_query(plan, step, s)))))
+        if not step.is_recreated_view:
+            threshold = step.quarantine_threshold
+            checks.append(Check(
+                name="quarantine_within_threshold", table=spec.qualified, step=step.name, kind="rows",
+                description=f"quarantined rows of {step.source} <= {threshold}",
+                query=_rendered(conn, sql.SQL(
+                    "SELECT step, count(*) AS quarantined, min(reason) AS first_reason FROM {q} WHERE step = {n} "
+                    "GROUP BY step HAVING count(*) > {t}").format(q=q, n=sql.Literal(step.name), t=sql.Literal(threshold)))))
+        if step.action == "merge":
+            keys = sql.SQL(", ").join(sql.Identifier(k) for k in spec.key)
+            checks.append(Check(
+                name="source_keys_present", table=spec.qualified, step=step.name, kind="rows",
+                description=f"{spec.qualified} holds every business key of {step.source}",
+                query=_rendered(conn, sql.SQL("SELECT {k} FROM ({src}) AS x EXCEPT SELECT {k} FROM {t}").format(
+                    k=keys, src=s.source, t=spec.ident))))
+    for spec in specs.values():
+        if spec.kind != "table":
+            continue
+        if len(spec.key) == 1:
+            checks.append(Check(name="key_unique", table=spec.qualified, kind="unique", column=spec.key[0],
+                                description=f"{spec.qualified}.{spec.key[0]} is unique"))
+            checks.append(Check(name="key_not_null", table=spec.qualified, kind="not_null", column=spec.key[0],
+                                description=f"{spec.qualified}.{spec.key[0]} is never null"))
+        elif spec.key:
+            checks.append(Check(name="key_unique", table=spec.qualified, kind="compound_unique",
+                                column=",".join(spec.key),
+                                description=f"({', '.join(spec.key)}) is unique in {spec.qualified}"))
+            for k in spec.key:
+                checks.append(Check(name="key_not_null", table=spec.qualified, kind="not_null", column=k,
+                                    description=f"{spec.qualified}.{k} is never null"))
+        for fk in spec.foreign_keys:
+            cols = fk.columns
+            checks.append(Check(
+                name="foreign_key_resolves", table=spec.qualified, kind="rows",
+                description=f"{spec.qualified}({', '.join(cols)}) -> {fk.ref_schema}.{fk.ref_table} resolves",
+                query=_rendered(conn, sql.SQL(
+                    "SELECT {cols} FROM {t} AS c WHERE {notnull} AND NOT EXISTS (SELECT 1 FROM {p} AS p WHERE {match})").format(
+                    cols=sql.SQL(", ").join(sql.Identifier("c", c) for c in cols), t=spec.ident,
+                    notnull=sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier("c", c)) for c in cols),
+                    p=sql.SQL("{}.{}").format(sql.Identifier(fk.ref_schema), sql.Identifier(fk.ref_table)),
+                    match=sql.SQL(" AND ").join(sql.SQL("{} = {}").format(sql.Identifier("p", r), sql.Identifier("c", c))
+                                                for c, r in zip(cols, fk.ref_columns))))))
+    return checks

@@ -1,0 +1,6 @@
+"""Errors every layer may raise; each carries one readable line for the user."""
+from __future__ import annotations
+
+
+class DatabaseUnreachable(RuntimeError):
+    """Raised with a one-line message: the DSN (password hidden) and how to fix it."""
