@@ -6,7 +6,7 @@ import os
 import pendulum
 from airflow.sdk import DAG, CronTriggerTimetable, TaskGroup, task
 
-from consolidation.phases import nightly
+from consolidation.airflow import nightly_tasks as nightly
 from consolidation.airflow.notify import NightlyFailureNotifier
 from consolidation.core.plan import load_plan
 

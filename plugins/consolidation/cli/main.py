@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("consolidation.cli.commands:register_plan", "validate the plan file and summarise it"),
     "sql": ("consolidation.cli.commands:register_sql", "print the SQL a phase would run, without running it"),
     "registry": ("consolidation.cli.registry:register", "the table registry services read: show | export | resolve NAME | smoke"),
-    "validate": ("consolidation.phases.nightly:register", "run the nightly validation now; --accept-drop TABLE --reason TEXT"),
+    "validate": ("consolidation.cli.nightly:register", "run the nightly validation now; --accept-drop TABLE --reason TEXT"),
     "approve": ("consolidation.cli.decisions:register_approve", "approve the pending cleanup request: --by NAME --reason TEXT [--request ID]"),
     "reject": ("consolidation.cli.decisions:register_reject", "reject the pending cleanup request: --by NAME --reason TEXT [--request ID]"),
     "status": ("consolidation.cli.decisions:register_status", "phases, their latest gates, and any pending cleanup approval"),
