@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
 
-from consolidation.core import config
+from consolidation.core import config, strict_yaml
 
 ACTIONS = ("copy", "merge", "union", "delete")
 OBJECT_KINDS = ("table", "view")
@@ -165,9 +164,9 @@ def load_plan(path: str | Path | None = None) -> Plan:
     except FileNotFoundError:
         raise PlanError(f"plan file {path} does not exist: set CONSOLIDATION_PLAN to a plan file") from None
     try:
-        raw = yaml.safe_load(raw_bytes)
-    except yaml.YAMLError as exc:
-        raise PlanError(f"plan file {path} is not valid YAML: {exc}") from None
+        raw = strict_yaml.load(raw_bytes)
+    except strict_yaml.YamlRefused as exc:
+        raise PlanError(f"plan file {path} is not valid YAML for a plan: {exc}") from None
     plan = parse_plan(raw, where=str(path))
     plan.path = path
     plan.sha256 = hashlib.sha256(raw_bytes).hexdigest()
