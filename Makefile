@@ -1,4 +1,4 @@
-# make demo | make test | make airflow | make airflow-stop | make db-start | make db-stop | make clean
+# make demo | make test | make test-fast | make airflow | make airflow-stop | make db-start | make db-stop | make clean
 # The virtualenv is created on first use (and refreshed when requirements.txt changes).
 
 SHELL := /bin/bash
@@ -13,7 +13,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 
-.PHONY: demo test db-start db-stop db-status clean venv airflow airflow-stop airflow-status
+.PHONY: demo test test-fast db-start db-stop db-status clean venv airflow airflow-stop airflow-status
 
 venv: $(STAMP)
 
@@ -28,8 +28,24 @@ demo: $(STAMP)
 	else echo "using CONSOLIDATION_DB_URL (embedded server not started)"; fi
 	$(PY) -m consolidation demo
 
+# make test: every tier (unit, engine, dag, runtime: see pytest.ini); CI runs it (.ci/run).
+# make test-fast: all but the runtime tier (the tests that start Airflow processes).
+# Both print the slowest tests and the run's wall time with the machine's load average.
+# Extra pytest arguments: make test-fast PYTEST_ARGS="--lf" (the cache plugin is on).
+PYTEST_ARGS ?=
+DURATIONS ?= 15
+define run_pytest
+	@start=$$(date +%s); load=$$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null); \
+	$(PY) -m pytest -q --durations=$(DURATIONS) $(1) $(PYTEST_ARGS) tests; rc=$$?; \
+	echo "== make $@: $$(( $$(date +%s) - start )) s wall; load average before: $$load, after: $$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"; \
+	exit $$rc
+endef
+
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 tests
+	$(call run_pytest,)
+
+test-fast: $(STAMP)
+	$(call run_pytest,-m "not runtime")
 
 # Airflow with its UI on localhost:8080 (LocalExecutor, metadata in the embedded PostgreSQL)
 airflow: $(STAMP)

@@ -1,62 +1,44 @@
-"""Nightly validation of the consolidated schemas: keys, foreign keys, registry, row counts, freshness."""
-from __future__ import annotations
-
-import os
-
-import pendulum
-from airflow.sdk import DAG, CronTriggerTimetable, TaskGroup, task
-
-from consolidation.airflow import nightly_tasks as nightly
-from consolidation.airflow.notify import NightlyFailureNotifier
-from consolidation.core.plan import load_plan
-
-plan = load_plan()  # a YAML read: no database at parse time
-
-# Read at parse time from the environment only (cheap, no Airflow Variable, no database).
-CRON = os.environ.get("CONSOLIDATION_NIGHTLY_CRON", "0 3 * * *")
-TIMEZONE = os.environ.get("CONSOLIDATION_TIMEZONE", "UTC")
-try:
-    TZ = pendulum.timezone(TIMEZONE)
-except Exception as exc:  # pendulum raises InvalidTimezone (a subclass of ValueError in 3.x)
-    raise ValueError(f"CONSOLIDATION_TIMEZONE={TIMEZONE!r} is not an IANA time zone name "
-                     f"(e.g. UTC, Europe/Berlin, America/New_York): {exc}") from None
-try:
-    SCHEDULE = CronTriggerTimetable(CRON, timezone=TZ)
-    SCHEDULE.validate()
-except Exception as exc:
-    raise ValueError(f"CONSOLIDATION_NIGHTLY_CRON={CRON!r} is not a cron expression "
-                     f"(e.g. '0 3 * * *' for 03:00 every day): {exc}") from None
-
-DOC = f"""
-### Nightly validation of the consolidated schemas
-Scheduled `{CRON}` in time zone `{TIMEZONE}` (env `CONSOLIDATION_NIGHTLY_CRON`, `CONSOLIDATION_TIMEZONE`).
+"""
+### Nightly validation of the consolidated schemas: keys, foreign keys, registry, row counts, freshness
+Scheduled `{cron}` in time zone `{timezone}` (env `CONSOLIDATION_NIGHTLY_CRON`, `CONSOLIDATION_TIMEZONE`).
 
 One TaskGroup per consolidated schema, one Great Expectations checkpoint each; the expectations are derived
 from the plan and the live catalog every night: keys unique and not null, foreign keys resolve, the registry's
 entries name existing relations, migrated tables never lose rows from one validation to the next unless the
 ledger records why (`python -m consolidation validate --accept-drop SCHEMA.TABLE --reason TEXT`), and the plan's
-freshness rules hold. Results: the history table `{'.'.join(plan.tool_table(nightly.HISTORY))}`, GX validation
+freshness rules hold. Results: the history table `{history}`, GX validation
 results, and the page under **Consolidation -> Nightly validation** in the menu.
 
 **report** fails the run with a summary naming each table, expectation and observed value; on failure the
 notifier named by `CONSOLIDATION_NOTIFIER` (or the Variable `consolidation_notifier`) is called, if any.
 """
+from __future__ import annotations
 
-with DAG(
-    dag_id=nightly.DAG_ID,
+import pendulum
+from airflow.sdk import task
+
+from consolidation.airflow import tasks
+from consolidation.airflow.dags import consolidation_dag, nightly_schedule, schema_groups
+from consolidation.airflow.notify import NightlyFailureNotifier
+from consolidation.core.plan import load_plan
+from consolidation.phases.nightly import DAG_ID, HISTORY
+
+plan = load_plan()  # a YAML read: no database at parse time
+schedule = nightly_schedule()  # from the environment at parse time (a ValueError names a wrong variable)
+
+with consolidation_dag(
+    DAG_ID,
+    # the schedule and the plan's history table, filled into the docstring
+    __doc__.format(cron=schedule.cron, timezone=schedule.timezone, history=".".join(plan.tool_table(HISTORY))),
+    tags=["nightly"],
     description="Nightly: prove the consolidated data is whole, against the data",
-    schedule=SCHEDULE,
-    start_date=pendulum.datetime(2026, 1, 1, tz=TZ),
-    catchup=False,
-    max_active_runs=1,
-    doc_md=DOC,
+    schedule=schedule.timetable,
+    start_date=pendulum.datetime(2026, 1, 1, tz=schedule.tz),
     on_failure_callback=NightlyFailureNotifier(),
-    tags=["consolidation", "nightly"],
 ) as dag:
-    prepare = task(task_id="prepare")(nightly.prepare_task)()
+    prepare = task(task_id="prepare")(tasks.nightly_prepare)()
+    groups = schema_groups(plan.consolidated_schemas, "checks of {schema}", lambda schema: task(
+        task_id="validate")(tasks.validate_schema)(schema=schema))
     # all_done: a failed schema still gets a verdict (and a page) naming what failed
-    report = task(task_id="report", trigger_rule="all_done")(nightly.report_task)()
-    for schema in plan.consolidated_schemas:
-        with TaskGroup(group_id=schema, tooltip=f"checks of {schema}") as group:
-            task(task_id="validate")(nightly.validate_schema_task)(schema=schema)
-        prepare >> group >> report
+    report = task(task_id="report", trigger_rule="all_done")(tasks.nightly_report)()
+    prepare >> groups >> report

@@ -1,13 +1,5 @@
-"""Phase 4 rollback: restore dropped legacy schemas from their backups, then undo what 4A/4B created."""
-from __future__ import annotations
-
-import pendulum
-from airflow.sdk import DAG, Param, task
-
-from consolidation.airflow import cleanup_tasks
-
-DOC = """
-### Phase 4 rollback
+"""
+### Phase 4 rollback: back to the database as it was before Phase 4
 1. **assess**: which legacy schemas 4D dropped, what 4A/4B created (the ledger) and the undo log.
 2. **restore_legacy** (only after a cleanup): the dropped legacy schemas restored from their 4D backups with
    pg_restore, all in one transaction; every table then equals the checksum recorded when it was dumped.
@@ -20,20 +12,19 @@ DOC = """
    (kind 'rollback'); afterwards Phase 4 starts again from 4A.
 The tool's own tables (ledger, approvals, ...) keep the history.
 """
+from __future__ import annotations
 
-with DAG(
-    dag_id="phase4_rollback",
+from airflow.sdk import Param, chain, task
+
+from consolidation.airflow import tasks
+from consolidation.airflow.dags import consolidation_dag
+
+with consolidation_dag(
+    "phase4_rollback", __doc__, tags=["phase4", "rollback"],
     description="Phase 4 rollback: back to the database as it was before Phase 4",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    doc_md=DOC,
     params={"restore_only": Param(False, type="boolean",
                                   description="only restore the dropped legacy schemas; keep the consolidated tables")},
-    tags=["consolidation", "phase4", "rollback"],
 ) as dag:
-    assess = task(task_id="assess")(cleanup_tasks.assess_task)()
-    restore = task(task_id="restore_legacy", retries=0)(cleanup_tasks.restore_task)()
-    undo = task(task_id="undo_migration", retries=0)(cleanup_tasks.undo_task)()
-    assess >> restore >> undo
+    chain(task(task_id="assess")(tasks.assess)(),
+          task(task_id="restore_legacy", retries=0)(tasks.restore_legacy)(),
+          task(task_id="undo_migration", retries=0)(tasks.undo_migration)())

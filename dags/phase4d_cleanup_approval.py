@@ -1,13 +1,4 @@
-"""Phase 4D approval: a person approves or rejects the pending cleanup request from the UI."""
-from __future__ import annotations
-
-import pendulum
-from airflow.sdk import DAG, Param, task
-
-from consolidation.cli import decisions
-from consolidation.phases.approvals import REASON_MIN_LENGTH
-
-DOC = """
+"""
 ### Phase 4D: approve or reject the legacy cleanup
 **phase4d_legacy_cleanup** waits (holding no worker slot) for a decision on its approval request:
 the fingerprint of the data it would drop, recomputed from the data when it asked.
@@ -23,15 +14,17 @@ optionally, `request` (default: the single pending request; `python -m consolida
 
 Same from a shell: `python -m consolidation approve|reject --by NAME --reason TEXT [--request ID]`.
 """
+from __future__ import annotations
 
-with DAG(
-    dag_id="phase4d_cleanup_approval",
+from airflow.sdk import Param, task
+
+from consolidation.airflow import tasks
+from consolidation.airflow.dags import consolidation_dag
+from consolidation.phases.approvals import REASON_MIN_LENGTH
+
+with consolidation_dag(
+    "phase4d_cleanup_approval", __doc__, tags=["phase4", "approval"],
     description="Phase 4D: approve or reject the pending legacy-cleanup request",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    doc_md=DOC,
     params={
         "request": Param(None, type=["null", "integer"], minimum=1, title="Request id",
                          description="the approval request to decide; empty = the single pending request"),
@@ -39,6 +32,5 @@ with DAG(
         "reason": Param(type="string", minLength=REASON_MIN_LENGTH, title="Reason",
                         description="what you reviewed and why you decide so (recorded with your user name)"),
     },
-    tags=["consolidation", "phase4", "approval"],
 ) as dag:
-    task(task_id="record_decision", retries=0)(decisions.ui_decision_task)()
+    task(task_id="record_decision", retries=0)(tasks.record_decision)()

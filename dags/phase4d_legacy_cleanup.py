@@ -1,17 +1,5 @@
-"""Phase 4D: back up and drop the legacy schemas, after a person approved; post-cleanup gate and report."""
-from __future__ import annotations
-
-import pendulum
-from airflow.sdk import DAG, Param, TaskGroup, task
-
-from consolidation.airflow import cleanup_tasks, tasks
-from consolidation.core.plan import load_plan
-from consolidation.airflow.sensors import CleanupApprovalSensor
-
-plan = load_plan()  # a YAML read: no database at parse time
-
-DOC = """
-### Phase 4D: legacy cleanup (destructive, approved, backed up)
+"""
+### Phase 4D: back up and drop the legacy schemas, after a person approved; post-cleanup gate and report
 1. **require_4C_gate**: refuses to start unless the latest 4C gate passed.
 2. **preflight**: the inventory again (an object in a legacy schema that the plan does not name, or an object
    elsewhere that depends on a legacy one, blocks, named) and the 4B reconciliation again. Rows written to a
@@ -38,30 +26,20 @@ DOC = """
    the rows it held at backup time.
 8. **report**: Markdown + self-contained HTML (`report_dir`, else CONSOLIDATION_REPORT_DIR/<run id>).
 """
+from __future__ import annotations
 
+from airflow.sdk import Param, chain, task
 
-class ApprovalSensor(CleanupApprovalSensor):
-    """CleanupApprovalSensor whose poke interval is the run's `approval_poke_seconds` param."""
+from consolidation.airflow import tasks
+from consolidation.airflow.dags import consolidation_dag, schema_groups
+from consolidation.airflow.sensors import ApprovalSensor
+from consolidation.core.plan import load_plan
 
-    template_fields = (*CleanupApprovalSensor.template_fields, "poke_seconds")
+plan = load_plan()  # a YAML read: no database at parse time
 
-    def __init__(self, *, poke_seconds: str | float = 60, **kwargs):
-        super().__init__(**kwargs)
-        self.poke_seconds = poke_seconds
-
-    def execute(self, context):
-        self.poke_interval = max(1.0, float(self.poke_seconds))
-        return super().execute(context)
-
-
-with DAG(
-    dag_id="phase4d_legacy_cleanup",
+with consolidation_dag(
+    "phase4d_legacy_cleanup", __doc__, tags=["phase4", "destructive"],
     description="Phase 4D: back up and drop the legacy schemas after approval",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    doc_md=DOC,
     params={
         "resync_late_rows": Param(False, type="boolean",
                                   description="rows found in legacy tables after 4B: false = block and name them; "
@@ -76,11 +54,10 @@ with DAG(
         "report_dir": Param(None, type=["null", "string"],
                             description="folder for report.md/report.html (empty: CONSOLIDATION_REPORT_DIR/<run id>)"),
     },
-    tags=["consolidation", "phase4", "destructive"],
 ) as dag:
-    guard = task(task_id="require_4C_gate")(tasks.require_gate_task)(phase="4D")
-    preflight = task(task_id="preflight")(cleanup_tasks.preflight_task)()
-    request = task(task_id="open_request")(cleanup_tasks.open_request_task)()
+    guard = task(task_id="require_4C_gate")(tasks.require_gate)(phase="4D")
+    preflight = task(task_id="preflight")(tasks.preflight)()
+    request = task(task_id="open_request")(tasks.open_request)()
     wait = ApprovalSensor(
         task_id="wait_for_approval",
         request_task_id="open_request",
@@ -90,14 +67,10 @@ with DAG(
         mode="reschedule",
         retries=0,
     )
-    backup = task(task_id="backup", retries=0)(cleanup_tasks.backup_task)()
-    gate = task(task_id="gate_4D")(cleanup_tasks.gate_4d_task)()
-    report = task(task_id="report")(cleanup_tasks.report_task)()
-    guard >> preflight >> request >> wait >> backup
-    previous = backup
-    for schema in plan.legacy_schemas:
-        with TaskGroup(group_id=schema, tooltip=f"drop what the plan lists in {schema}") as group:
-            task(task_id="drop", retries=0)(cleanup_tasks.drop_task)(schema=schema)
-        previous >> group
-        previous = group  # one schema at a time: cross-schema foreign keys never deadlock two drops
-    previous >> gate >> report
+    backup = task(task_id="backup", retries=0)(tasks.backup)()
+    drops = schema_groups(plan.legacy_schemas, "drop what the plan lists in {schema}", lambda schema: task(
+        task_id="drop", retries=0)(tasks.drop)(schema=schema))
+    gate = task(task_id="gate_4D")(tasks.gate)(phase="4D")
+    report = task(task_id="report")(tasks.report)()
+    # one schema at a time: cross-schema foreign keys never deadlock two drops
+    chain(guard, preflight, request, wait, backup, *drops, gate, report)

@@ -1,4 +1,5 @@
-"""Shared fixtures: one PostgreSQL server per session, one throw-away database per test.
+"""Shared fixtures: one PostgreSQL server per session, one throw-away database per test, and
+the phases' stage templates, built once per session and cloned per test.
 
 Server: CONSOLIDATION_DB_URL when set (any database on that server; it is only used to
 reach the server), else the embedded server from the repository's .state/pgdata (started
@@ -11,11 +12,29 @@ Tests never touch the `betting` database: use
         dsn = make_db()                           # another fresh database
         clone = make_db(template="ctest_abc")     # a copy of an existing database
     make_session_db                               # same factory, dropped at session end
-                                                  # (build a fixture once, clone per test)
 
 Every database is named ctest_<hex> and dropped WITH (FORCE) at teardown, so the suite
 also runs against a shared cluster (e.g. PostgreSQL 15 on 127.0.0.1:5432). Roles are
 cluster-wide: tests that create roles must use unique names and drop them.
+
+Stages (session templates, built lazily - only when a selected test asks - through the engine
+functions the DAG tasks call, see tests/phase_helpers.py; clone them, never write to them):
+
+    fixture_template   name of the legacy fixture (Phases 1-3)     legacy_db -> a clone's DSN
+    template_4a        Stage: 4A done, its gate passed              db_4a     -> a clone's DSN
+    template_4b        Stage: 4B done, its gate passed              db_4b     -> a clone's DSN
+    template_4c        Stage: 4C done (registry exported), gate     db_4c     -> a clone's DSN
+
+What the engine writes outside the database lives under CONSOLIDATION_STATE_DIR (GX results,
+registry exports, backups, reports, nightly pages). Each test gets its own state folder
+(`state_dir`, autouse), so nothing one test writes there is seen by another; each stage
+keeps the folder it was built with (Stage.state; 4C's export is Stage.export_file), which
+its clones only read.
+
+Tiers (markers, see pytest.ini): a module's `pytestmark` (or a test's own mark) decides;
+otherwise: a test that uses run_dag is `dag`, one that uses the database server is
+`engine`, anything else `unit`; the modules in RUNTIME_MODULES are `runtime`.
+CONSOLIDATION_SKIP_RUNTIME=1 skips the runtime tier (CI's second leg).
 
 Environment, set here at import time (before anything imports Airflow):
   CONSOLIDATION_PGDATA      pinned to the repository's .state/pgdata (computed from the
@@ -23,7 +42,7 @@ Environment, set here at import time (before anything imports Airflow):
                             redirected, so the embedded server - and CLI subprocesses started by
                             tests, which inherit the environment - keep using the developer's
                             server instead of initialising a new one in a temporary folder.
-  CONSOLIDATION_STATE_DIR   a per-session temporary folder (backups, reports, ledgers...);
+  CONSOLIDATION_STATE_DIR   a per-session temporary folder (and per test, see above);
                             CONSOLIDATION_BACKUP_DIR / _REPORT_DIR are unset to follow it.
   AIRFLOW_HOME              a per-session temporary folder; no example DAGs; dags/ and plugins/
                             of this repository.
@@ -35,7 +54,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -53,7 +75,7 @@ os.environ.setdefault(
     str(Path(os.environ.get("CONSOLIDATION_STATE_DIR") or REPO_ROOT / ".state") / "pgdata"),
 )
 os.environ["CONSOLIDATION_STATE_DIR"] = str(_SESSION_TMP / "state")
-for _name in ("CONSOLIDATION_BACKUP_DIR", "CONSOLIDATION_REPORT_DIR"):
+for _name in ("CONSOLIDATION_BACKUP_DIR", "CONSOLIDATION_REPORT_DIR", "CONSOLIDATION_REGISTRY_DIR"):
     os.environ.pop(_name, None)
 os.environ["AIRFLOW_HOME"] = str(_SESSION_TMP / "airflow")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
@@ -69,6 +91,53 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
+# ------------------------------------------------------------------ tiers
+TIERS = ("unit", "engine", "dag", "runtime")
+# Tests that start Airflow itself as processes (api-server, scheduler, Celery worker, a
+# browser). They exercise Airflow's executors, not the database server, so CI's second leg
+# (PostgreSQL 15) sets CONSOLIDATION_SKIP_RUNTIME=1 to keep within its time budget.
+RUNTIME_MODULES = {"test_local_airflow.py", "test_celery.py", "test_e2e_browser.py"}
+
+
+def _tier(item) -> str:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    needs = "dag" if "run_dag" in fixtures else "engine" if "server_dsn" in fixtures else "unit"
+    closest = next((m.name for m in item.iter_markers() if m.name in TIERS), None)
+    if item.path.name in RUNTIME_MODULES:
+        tier = "runtime"
+        if closest not in (None, "runtime"):
+            raise pytest.UsageError(f"{item.nodeid}: marked {closest}, but its module starts Airflow (runtime)")
+    else:
+        tier = closest or needs
+        if closest == "unit" and needs != "unit":
+            raise pytest.UsageError(f"{item.nodeid}: marked unit, but it uses the database server ({needs})")
+        if closest == "engine" and needs == "dag":
+            raise pytest.UsageError(f"{item.nodeid}: marked engine, but it runs a DAG (run_dag): mark it dag")
+    return tier
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    skip_runtime = os.environ.get("CONSOLIDATION_SKIP_RUNTIME") == "1"
+    skip = pytest.mark.skip(reason="Airflow runtime test: runs in CI's first leg (CONSOLIDATION_SKIP_RUNTIME=1)")
+    for item in items:
+        tier = _tier(item)
+        item.add_marker(getattr(pytest.mark, tier))
+        if tier == "runtime" and skip_runtime:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if STAGE_SECONDS:
+        terminalreporter.write_line("stages built (engine, once per session): " + ", ".join(
+            f"{label} {seconds:.1f} s" for label, seconds in STAGE_SECONDS.items()))
+
+
+def pytest_report_header(config):
+    return [f"tiers: {', '.join(TIERS)} (pytest.ini); state folders under {_SESSION_TMP}"]
+
+
+# ------------------------------------------------------------------ the server and its databases
 def with_dbname(dsn: str, dbname: str) -> str:
     """The same server/credentials, another database (URL or key=value DSN)."""
     if "://" in dsn:
@@ -79,6 +148,12 @@ def with_dbname(dsn: str, dbname: str) -> str:
     info = conninfo_to_dict(dsn)
     info["dbname"] = dbname
     return make_conninfo(**info)
+
+
+def dbname_of(dsn: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    return conninfo_to_dict(dsn)["dbname"]
 
 
 @pytest.fixture(scope="session")
@@ -101,44 +176,98 @@ def maintenance_dsn(server_dsn) -> str:
     return with_dbname(server_dsn, "postgres")
 
 
+def _create_database(maintenance_dsn: str, template: str | None) -> str:
+    import psycopg
+    from psycopg import sql
+
+    name = f"ctest_{uuid.uuid4().hex[:16]}"
+    statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+        sql.Identifier(name), sql.Identifier(template or "template0"))
+    with psycopg.connect(maintenance_dsn, autocommit=True, connect_timeout=5) as conn:
+        try:
+            conn.execute(statement)
+        except psycopg.errors.ObjectInUse:
+            # a template must have no session: end the ones left over (e.g. a pool) and retry once
+            release(conn, template)
+            conn.execute(statement)
+    return name
+
+
+def _drop_databases(maintenance_dsn: str, names) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(maintenance_dsn, autocommit=True, connect_timeout=5) as conn:
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+class _ClonePool:
+    """One spare copy of each registered template (the stages, the fixture, template0), made in
+    the background while a test runs, so the next test that asks for a copy gets it at once.
+    Only templates that no longer change are registered."""
+
+    def __init__(self, maintenance_dsn: str):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.maintenance_dsn = maintenance_dsn
+        self.stable: set[str | None] = {None}  # None: template0, an empty database
+        self.pending: dict = {}
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="ctest-clone")
+        self.closed = False
+
+    def register(self, template: str) -> None:
+        self.stable.add(template)
+
+    def take(self, template: str | None) -> str | None:
+        """A ready copy of `template` (None when there is none yet); starts making the next one."""
+        if template not in self.stable or self.closed:
+            return None
+        future = self.pending.pop(template, None)
+        name = None
+        if future is not None:
+            try:
+                name = future.result()
+            except Exception:  # e.g. a test was reading the template at that moment: make one now
+                name = None
+        self.pending[template] = self.executor.submit(_create_database, self.maintenance_dsn, template)
+        return name
+
+    def close(self) -> None:
+        self.closed = True
+        spares = []
+        for future in self.pending.values():
+            try:
+                spares.append(future.result())
+            except Exception:
+                pass
+        self.executor.shutdown(wait=True)
+        if spares:
+            _drop_databases(self.maintenance_dsn, spares)
+
+
 class _DatabaseFactory:
-    def __init__(self, server_dsn: str, maintenance_dsn: str):
+    def __init__(self, server_dsn: str, maintenance_dsn: str, pool: _ClonePool | None = None):
         self.server_dsn = server_dsn
         self.maintenance_dsn = maintenance_dsn
+        self.pool = pool
         self.created: list[str] = []
 
     def __call__(self, template: str | None = None) -> str:
-        import psycopg
-        from psycopg import sql
-
-        name = f"ctest_{uuid.uuid4().hex[:16]}"
-        with psycopg.connect(self.maintenance_dsn, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(name), sql.Identifier(template or "template0")
-                )
-            )
+        name = (self.pool.take(template) if self.pool else None) or _create_database(self.maintenance_dsn, template)
         self.created.append(name)
         return with_dbname(self.server_dsn, name)
 
     def drop_all(self) -> None:
-        if not self.created:
-            return
-        import psycopg
-        from psycopg import sql
-
-        with psycopg.connect(self.maintenance_dsn, autocommit=True, connect_timeout=5) as conn:
-            for name in reversed(self.created):  # clones before their templates
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        if self.created:
+            _drop_databases(self.maintenance_dsn, reversed(self.created))  # clones before their templates
         self.created.clear()
 
 
-@pytest.fixture
-def make_db(server_dsn, maintenance_dsn):
-    """Factory: make_db(template=None) -> DSN of a new database, dropped after the test."""
-    factory = _DatabaseFactory(server_dsn, maintenance_dsn)
-    yield factory
-    factory.drop_all()
+def release(conn, dbname: str) -> None:
+    """End every session connected to `dbname` (on the maintenance connection `conn`)."""
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,))
 
 
 @pytest.fixture(scope="session")
@@ -149,15 +278,146 @@ def make_session_db(server_dsn, maintenance_dsn):
     factory.drop_all()
 
 
+@pytest.fixture(scope="session")
+def clone_pool(make_session_db, maintenance_dsn):
+    """The session's _ClonePool (closed, spares dropped, before the session's templates are)."""
+    pool = _ClonePool(maintenance_dsn)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def make_db(server_dsn, maintenance_dsn, clone_pool):
+    """Factory: make_db(template=None) -> DSN of a new database, dropped after the test."""
+    factory = _DatabaseFactory(server_dsn, maintenance_dsn, clone_pool)
+    yield factory
+    factory.drop_all()
+
+
 @pytest.fixture
 def db_dsn(make_db) -> str:
     """DSN of a fresh, empty database."""
     return make_db()
 
 
+# ------------------------------------------------------------------ state folders
+@contextmanager
+def state_folder(path: Path):
+    """CONSOLIDATION_STATE_DIR=path for the duration (for session-scoped builds)."""
+    path.mkdir(parents=True, exist_ok=True)
+    saved = os.environ.get("CONSOLIDATION_STATE_DIR")
+    os.environ["CONSOLIDATION_STATE_DIR"] = str(path)
+    try:
+        yield path
+    finally:
+        os.environ["CONSOLIDATION_STATE_DIR"] = saved
+
+
+@pytest.fixture(autouse=True)
+def state_dir(monkeypatch, tmp_path_factory) -> Path:
+    """This test's own CONSOLIDATION_STATE_DIR (GX results, exports, backups, reports, pages)."""
+    path = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("CONSOLIDATION_STATE_DIR", str(path))
+    return path
+
+
+# ------------------------------------------------------------------ stages
+@dataclass(frozen=True)
+class Stage:
+    """A session template: clone it with make_db(template=stage.name); never connect to it to write."""
+
+    name: str
+    dsn: str
+    state: Path  # the state folder it was built with (its clones read what is there)
+    export_file: Path | None = None  # 4C: the registry export its ledger names
+
+
+STAGE_SECONDS: dict[str, float] = {}
+
+
+def _stage(make_session_db, maintenance_dsn, clone_pool, template: str | None, label: str, build) -> Stage:
+    import psycopg
+
+    dsn = make_session_db(template=template)
+    started = time.perf_counter()
+    with state_folder(_SESSION_TMP / "stages" / label) as folder:
+        extra = build(dsn, folder)
+    with psycopg.connect(maintenance_dsn, autocommit=True, connect_timeout=5) as conn:
+        release(conn, dbname_of(dsn))  # nobody may stay connected to a template
+    STAGE_SECONDS[label] = time.perf_counter() - started
+    clone_pool.register(dbname_of(dsn))
+    return Stage(dbname_of(dsn), dsn, folder, extra)
+
+
+@pytest.fixture(scope="session")
+def fixture_template(make_session_db, clone_pool) -> str:
+    """Name of a session database holding the Phase 1-3 fixture (scale 1); clone it."""
+    from consolidation.dev import fixture
+
+    dsn = make_session_db()
+    fixture.build(dsn)
+    clone_pool.register(dbname_of(dsn))
+    return dbname_of(dsn)
+
+
+@pytest.fixture(scope="session")
+def template_4a(make_session_db, maintenance_dsn, clone_pool, fixture_template) -> Stage:
+    import phase_helpers as ph
+
+    return _stage(make_session_db, maintenance_dsn, clone_pool, fixture_template, "4a",
+                  lambda dsn, folder: ph.engine_4a(dsn))
+
+
+@pytest.fixture(scope="session")
+def template_4b(make_session_db, maintenance_dsn, clone_pool, template_4a) -> Stage:
+    import phase_helpers as ph
+
+    return _stage(make_session_db, maintenance_dsn, clone_pool, template_4a.name, "4b",
+                  lambda dsn, folder: ph.engine_4b(dsn))
+
+
+@pytest.fixture(scope="session")
+def template_4c(make_session_db, maintenance_dsn, clone_pool, template_4b) -> Stage:
+    import phase_helpers as ph
+
+    def build(dsn, folder):
+        export = ph.engine_4c(dsn, folder / "registry-export")
+        export.chmod(0o444)  # clones read it; a re-export goes to the clone's own state folder
+        return export
+
+    return _stage(make_session_db, maintenance_dsn, clone_pool, template_4b.name, "4c", build)
+
+
+@pytest.fixture
+def legacy_db(make_db, fixture_template) -> str:
+    """DSN of a fresh copy of the legacy fixture database (as Phases 1-3 left it)."""
+    return make_db(template=fixture_template)
+
+
+@pytest.fixture
+def db_4a(make_db, template_4a) -> str:
+    """DSN of a fresh copy of the database after 4A (gate passed)."""
+    return make_db(template=template_4a.name)
+
+
+@pytest.fixture
+def db_4b(make_db, template_4b) -> str:
+    """DSN of a fresh copy of the database after 4A and 4B (both gates passed)."""
+    return make_db(template=template_4b.name)
+
+
+@pytest.fixture
+def db_4c(make_db, template_4c) -> str:
+    """DSN of a fresh copy of the database after 4A-4C (gates passed, registry exported)."""
+    return make_db(template=template_4c.name)
+
+
+# ------------------------------------------------------------------ the command line
 @pytest.fixture
 def run_cli():
-    """run_cli("db", "status", dsn=None, env={...}) -> CompletedProcess (text, captured).
+    """run_cli("db", "status", dsn=None, env={...}) -> CompletedProcess: a real
+    `python -m consolidation` subprocess (text, captured). For what only a process shows (exit
+    codes, one-line messages, import costs); everything else uses `cli` (in-process).
 
     With dsn=..., the command runs with CONSOLIDATION_DB_URL=dsn (so it never falls back to
     the embedded `betting` database).
@@ -176,38 +436,87 @@ def run_cli():
     return _run
 
 
-def dbname_of(dsn: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict
-
-    return conninfo_to_dict(dsn)["dbname"]
-
-
-@pytest.fixture(scope="session")
-def fixture_template(make_session_db) -> str:
-    """Name of a session database holding the Phase 1-3 fixture (scale 1); clone it."""
-    from consolidation.dev import fixture
-
-    dsn = make_session_db()
-    fixture.build(dsn)
-    return dbname_of(dsn)
-
-
 @pytest.fixture
-def legacy_db(make_db, fixture_template) -> str:
-    """DSN of a fresh copy of the legacy fixture database (as Phases 1-3 left it)."""
-    return make_db(template=fixture_template)
+def cli(monkeypatch, capsys):
+    """cli("approve", "--by", ..., dsn=None, env={...}) -> CompletedProcess: the same command
+    as run_cli, called in-process (consolidation.cli.main.main) with its output captured."""
+    from consolidation.cli.main import main
+
+    def _run(*args: str, dsn: str | None = None, env: dict | None = None):
+        with monkeypatch.context() as m:
+            if dsn is not None:
+                m.setenv("CONSOLIDATION_DB_URL", dsn)
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            capsys.readouterr()  # what came before is not this command's output
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["consolidation", *args], code, out, err)
+
+    return _run
 
 
-@pytest.fixture(scope="session")
-def airflow_dags():
-    """The DAG bag of dags/, with Airflow's metadata database created (once per session)."""
+# ------------------------------------------------------------------ Airflow
+def _migrated_metadata(config) -> None:
+    """AIRFLOW_HOME's metadata database, migrated. `airflow db migrate` takes ~8 s here; the
+    migrated (still empty) file is kept in pytest's cache per Airflow version and copied."""
+    import airflow
+
+    home = Path(os.environ["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "airflow.db"
+    cache = getattr(config, "cache", None)
+    cached = None
+    if cache is not None:
+        cached = cache.mkdir(f"airflow-meta-{airflow.__version__}-py{sys.version_info[0]}{sys.version_info[1]}") \
+            / "airflow.db"
+        if cached.is_file():
+            shutil.copyfile(cached, target)
+            return
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
                    capture_output=True, env=dict(os.environ))
-    from airflow.models.dagbag import DagBag
+    if cached is not None and target.is_file():
+        tmp = cached.with_name(f".airflow.db.{os.getpid()}.tmp")
+        shutil.copyfile(target, tmp)
+        tmp.replace(cached)
+
+
+@pytest.fixture(scope="session")
+def dag_bag():
+    """The DAG bag of dags/ (parsed once per session; no metadata database needed to read it)."""
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # older Airflow
+        from airflow.models.dagbag import DagBag
 
     bag = DagBag(str(REPO_ROOT / "dags"))
     assert not bag.import_errors, bag.import_errors
     return bag
+
+
+@pytest.fixture(scope="session")
+def airflow_dags(request, dag_bag):
+    """The DAG bag of dags/, with Airflow's metadata database created (once per session)."""
+    _migrated_metadata(request.config)
+    return dag_bag
+
+
+def _quick_idle_waits():
+    """dag.test() sleeps 1 s whenever no task is runnable - once per level of tasks marked
+    upstream_failed after a failure, and between a sensor's pokes. Make that wait 50 ms (only
+    dag.test's own sleeps; the loop re-reads the state each time, so nothing else changes)."""
+    real = time.sleep
+
+    def sleep(seconds):
+        caller = sys._getframe(1).f_code
+        if caller.co_name == "test" and caller.co_filename.endswith(os.path.join("definitions", "dag.py")):
+            seconds = min(seconds, 0.05)
+        real(seconds)
+
+    return sleep
 
 
 @pytest.fixture(scope="session")
@@ -217,6 +526,7 @@ def run_dag(airflow_dags):
     The DAG reaches the database through the Airflow connection consolidation_db, set
     from `dsn` for the duration of the run (CONSOLIDATION_DB_URL is hidden meanwhile).
     """
+    from unittest import mock
 
     def _run(dag_id: str, dsn: str, conf: dict | None = None) -> str:
         saved = {k: os.environ.get(k) for k in ("AIRFLOW_CONN_CONSOLIDATION_DB", "CONSOLIDATION_DB_URL")}
@@ -228,7 +538,8 @@ def run_dag(airflow_dags):
         params = [d.get_param(k) for d in (dag.params, *(t.params for t in dag.tasks)) for k in d]
         defaults = [p.value for p in params]
         try:
-            run = dag.test(run_conf=conf)
+            with mock.patch.object(time, "sleep", _quick_idle_waits()):
+                run = dag.test(run_conf=conf)
         finally:
             for p, value in zip(params, defaults):
                 p.value = value
@@ -242,16 +553,13 @@ def run_dag(airflow_dags):
     return _run
 
 
-# Tests that start Airflow itself as processes (api-server, scheduler, Celery worker, a
-# browser). They exercise Airflow's executors, not the database server, so CI's second leg
-# (PostgreSQL 15) sets CONSOLIDATION_SKIP_RUNTIME=1 to keep within its time budget.
-RUNTIME_MODULES = {"test_local_airflow.py", "test_celery.py", "test_e2e_browser.py"}
+def task_states(dag_id: str) -> tuple[str, dict[str, str]]:
+    """(run_id, {task_id: state}) of the latest run of `dag_id`, from Airflow's metadata."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
 
-
-def pytest_collection_modifyitems(config, items):
-    if os.environ.get("CONSOLIDATION_SKIP_RUNTIME") != "1":
-        return
-    skip = pytest.mark.skip(reason="Airflow runtime test: runs in CI's first leg (CONSOLIDATION_SKIP_RUNTIME=1)")
-    for item in items:
-        if item.fspath.basename in RUNTIME_MODULES:
-            item.add_marker(skip)
+    with create_session() as session:
+        dr = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc())).first()
+        return dr.run_id, {ti.task_id: str(getattr(ti.state, "value", ti.state))
+                           for ti in dr.get_task_instances(session=session)}

@@ -1,4 +1,6 @@
-"""Cleanup approvals, against a migrated database: requests, decisions (UI and CLI), checks.
+"""Cleanup approvals, against clones of the 4B stage: requests, decisions (UI and CLI), checks.
+The approval DAG runs once (dag.test); the CLI is called in-process; the UI decision's other
+paths go through the DAG's task body.
 
 What the owner of the data cares about: nothing is dropped without a recorded human
 decision (who, how, when, why, on which fingerprint); a rejection stops the cleanup with
@@ -19,27 +21,23 @@ from consolidation.core import ledger
 from consolidation.phases.approvals import ApprovalRefused
 from consolidation.core.plan import load_plan
 
-from test_phase4ab import engine_4a, engine_4b
+from phase_helpers import call_task
 
 PLAN = load_plan()
 
 
 @pytest.fixture(scope="module")
-def migrated(make_session_db, fixture_template):
-    """(template db name, digest): a database through 4A (gate passed) and 4B, and its digest.
+def migrated(make_session_db, template_4b):
+    """(template db name, digest): the 4B stage (4A and 4B, gates passed), and its digest.
 
     Clones are byte-identical, so one digest serves every clone's request.
     """
     from consolidation.checks import reconcile
 
-    from conftest import dbname_of
-
-    dsn = make_session_db(template=fixture_template)
-    engine_4a(dsn)
-    engine_4b(dsn)
+    dsn = make_session_db(template=template_4b.name)
     with psycopg.connect(dsn) as conn:
         digest = reconcile.digest(conn, PLAN)
-    return dbname_of(dsn), digest
+    return template_4b.name, digest
 
 
 @pytest.fixture
@@ -75,14 +73,14 @@ def approval_ledger(dsn: str) -> list[dict]:
 
 
 # ------------------------------------------------------------------ CLI
-def test_request_is_pending_until_approved_on_the_cli_with_who_and_why(db, migrated, run_cli):
+def test_request_is_pending_until_approved_on_the_cli_with_who_and_why(db, migrated, cli):
     digest = migrated[1]
     req = ask(db, digest)
     # the fingerprint binds the plan file and the data's digest (computed here independently)
     assert req.fingerprint == hashlib.sha256((PLAN.sha256 + digest["digest"]).encode()).hexdigest()
     assert check(db, req.id) == "pending"
 
-    out = run_cli("approve", "--by", "alice", "--reason", "reviewed the 4B gate report", dsn=db)
+    out = cli("approve", "--by", "alice", "--reason", "reviewed the 4B gate report", dsn=db)
     assert out.returncode == 0, out.stderr
     assert f"request {req.id}" in out.stdout and req.fingerprint in out.stdout and "approved by alice" in out.stdout
 
@@ -100,15 +98,15 @@ def test_request_is_pending_until_approved_on_the_cli_with_who_and_why(db, migra
     assert all(e["details"]["fingerprint"] == req.fingerprint for e in approval_ledger(db))
 
     # a decided request cannot be decided again, and the refusal is one line with the reason
-    again = run_cli("reject", "--by", "bob", "--reason", "changed my mind", "--request", str(req.id), dsn=db)
+    again = cli("reject", "--by", "bob", "--reason", "changed my mind", "--request", str(req.id), dsn=db)
     assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1
     assert "not pending" in again.stderr and "approved by alice" in again.stderr
     assert row(db, req.id)["status"] == "approved"
 
 
-def test_rejection_refuses_with_the_reason_and_who(db, migrated, run_cli):
+def test_rejection_refuses_with_the_reason_and_who(db, migrated, cli):
     req = ask(db, migrated[1])
-    out = run_cli("reject", "--by", "bob", "--reason", "backup of public not verified yet",
+    out = cli("reject", "--by", "bob", "--reason", "backup of public not verified yet",
                   "--request", str(req.id), dsn=db)
     assert out.returncode == 0, out.stderr
     with pytest.raises(ApprovalRefused) as exc:
@@ -120,38 +118,38 @@ def test_rejection_refuses_with_the_reason_and_who(db, migrated, run_cli):
     assert [(e["name"], e["status"]) for e in approval_ledger(db)][-1] == ("reject", "refused")
 
 
-def test_cli_refusals_exit_non_zero_with_one_line(db, make_db, migrated, run_cli):
+def test_cli_refusals_exit_non_zero_with_one_line(db, make_db, migrated, cli):
     # no approvals table yet (4D never asked)
-    out = run_cli("approve", "--by", "alice", "--reason", "looks good", dsn=make_db())
+    out = cli("approve", "--by", "alice", "--reason", "looks good", dsn=make_db())
     assert out.returncode == 1 and "no approval request exists yet" in out.stderr
     first = ask(db, migrated[1], run_id="4d-run-1")
     second = ask(db, migrated[1], run_id="4d-run-2")
     # a newer request supersedes the older one: a decision concerns the latest state only
     assert row(db, first.id)["status"] == "superseded"
-    out = run_cli("approve", "--by", "alice", "--reason", "looks good", "--request", str(first.id), dsn=db)
+    out = cli("approve", "--by", "alice", "--reason", "looks good", "--request", str(first.id), dsn=db)
     assert out.returncode == 1 and "not pending" in out.stderr and f"request {second.id}" in out.stderr
     with pytest.raises(ApprovalRefused, match="superseded"):
         check(db, first.id)
-    out = run_cli("approve", "--by", "alice", "--reason", "ok", dsn=db)
+    out = cli("approve", "--by", "alice", "--reason", "ok", dsn=db)
     assert out.returncode == 1 and "reason" in out.stderr
     assert row(db, second.id)["status"] == "pending"
-    assert run_cli("approve", "--by", "alice", "--reason", "looks good", dsn=db).returncode == 0
-    out = run_cli("approve", "--by", "alice", "--reason", "looks good", dsn=db)
+    assert cli("approve", "--by", "alice", "--reason", "looks good", dsn=db).returncode == 0
+    out = cli("approve", "--by", "alice", "--reason", "looks good", dsn=db)
     assert out.returncode == 1 and "no pending approval request" in out.stderr
-    out = run_cli("approve", "--by", "alice", "--reason", "looks good", "--request", "999", dsn=db)
+    out = cli("approve", "--by", "alice", "--reason", "looks good", "--request", "999", dsn=db)
     assert out.returncode == 1 and "no approval request 999" in out.stderr
 
 
-def test_status_shows_gates_and_the_pending_request(db, migrated, run_cli):
+def test_status_shows_gates_and_the_pending_request(db, migrated, cli):
     req = ask(db, migrated[1])
-    out = run_cli("status", dsn=db)
+    out = cli("status", dsn=db)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     line_4a = next(line for line in lines if line.strip().startswith("4A"))
     assert "gate success (run setup-4a" in line_4a
     assert any(line.strip().startswith("4D") for line in lines)
     assert f"pending request {req.id}" in out.stdout and req.fingerprint in out.stdout and "ago" in out.stdout
-    st = json.loads(run_cli("status", "--json", dsn=db).stdout)
+    st = json.loads(cli("status", "--json", dsn=db).stdout)
     assert [p["phase"] for p in st["phases"]] == ["4A", "4B", "4C", "4D"]
     assert st["pending"][0]["fingerprint"] == req.fingerprint
 
@@ -209,18 +207,32 @@ def test_ui_decision_records_the_triggering_user_not_a_name_in_the_conf(db, migr
     assert check(db, req.id) == "approved"
 
 
-def test_ui_rejection_and_refusal(db, migrated, run_dag):
+def test_ui_rejection_and_refusal(db, migrated):
+    """The approval DAG's task body, as its runs call it: a rejection is recorded as the triggering
+    user; with nothing pending the task fails with the reason (recorded); no user, no decision."""
+    from consolidation.airflow import tasks
+
     req = ask(db, migrated[1])
-    assert run_dag("phase4d_cleanup_approval", db,
-                   conf={"request": req.id, "decision": "reject", "reason": "wait for the 4C services"}) == "success"
-    with pytest.raises(ApprovalRefused, match="rejected by dag_test.*wait for the 4C services"):
+    run = {"dag_id": "phase4d_cleanup_approval", "user": "reviewer"}
+    done = call_task(tasks.record_decision, db, run_id="manual__reject", params={
+        "request": req.id, "decision": "reject", "reason": "wait for the 4C services"}, **run)
+    assert (done["request_id"], done["status"], done["decided_by"]) == (req.id, "rejected", "reviewer")
+    with pytest.raises(ApprovalRefused, match="rejected by reviewer.*wait for the 4C services"):
         check(db, req.id)
-    # nothing pending any more: the run fails with the reason, nothing is recorded
-    assert run_dag("phase4d_cleanup_approval", db, conf={"decision": "approve", "reason": "looks good"}) == "failed"
+    # nothing pending any more: the task fails with the reason, nothing is recorded
+    with pytest.raises(ApprovalRefused, match="no pending approval request"):
+        call_task(tasks.record_decision, db, run_id="manual__again",
+                  params={"decision": "approve", "reason": "looks good"}, **run)
     assert row(db, req.id)["status"] == "rejected"
     entries = approval_ledger(db)
     assert [e["name"] for e in entries] == ["approval_request", "reject", "decision_refused"]
-    assert entries[-1]["triggered_by"] == "dag_test" and "no pending approval request" in entries[-1]["message"]
+    assert entries[-1]["triggered_by"] == "reviewer" and "no pending approval request" in entries[-1]["message"]
+    # a run nobody triggered (no authenticated user) cannot decide anything
+    second = ask(db, migrated[1], run_id="4d-run-2")
+    with pytest.raises(ApprovalRefused, match="no triggering user"):
+        call_task(tasks.record_decision, db, dag_id="phase4d_cleanup_approval", user=None,
+                  params={"decision": "approve", "reason": "looks good"})
+    assert row(db, second.id)["status"] == "pending"
 
 
 # ------------------------------------------------------------------ sensor

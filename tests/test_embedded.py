@@ -17,6 +17,8 @@ import pytest
 
 from consolidation.core import db, embedded
 
+pytestmark = pytest.mark.engine  # the embedded server itself; the tests marked unit need none
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -43,11 +45,13 @@ def test_status_reports_running():
     assert f":{info['port']}/" in info["url"]
 
 
+@pytest.mark.unit
 def test_url_shape():
     assert re.fullmatch(r"postgresql://postgres@127\.0\.0\.1:\d+/betting", embedded.url())
     assert embedded.url("postgres").endswith("/postgres")
 
 
+@pytest.mark.unit
 def test_bin_path():
     for name in ("pg_dump", "pg_restore", "psql", "initdb", "pg_ctl"):
         assert embedded.bin_path(name).is_file()
@@ -55,6 +59,7 @@ def test_bin_path():
         embedded.bin_path("no_such_binary")
 
 
+@pytest.mark.unit
 def test_unreachable_message_hides_password(monkeypatch):
     monkeypatch.delenv("CONSOLIDATION_DB_URL", raising=False)
     with pytest.raises(db.DatabaseUnreachable) as err:
@@ -71,6 +76,7 @@ def test_unreachable_message_hides_password(monkeypatch):
     assert "CONSOLIDATION_DB_URL" in str(err.value)
 
 
+@pytest.mark.unit
 def test_unreachable_embedded_default_says_how_to_start(monkeypatch, tmp_path):
     monkeypatch.delenv("CONSOLIDATION_DB_URL", raising=False)
     monkeypatch.setenv("CONSOLIDATION_PGDATA", str(tmp_path / "never-started"))
@@ -82,20 +88,21 @@ def test_unreachable_embedded_default_says_how_to_start(monkeypatch, tmp_path):
     assert "python -m consolidation db start" in message
 
 
-def test_cli_db_status_and_url(run_cli):
+def test_cli_db_status_and_url(cli):
     embedded.start()
-    result = run_cli("db", "status", "--json", "--check")
+    result = cli("db", "status", "--json", "--check")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["running"] is True and info["url"] == embedded.url()
 
-    result = run_cli("db", "status")
+    result = cli("db", "status")
     assert result.returncode == 0 and "running: True" in result.stdout
 
-    result = run_cli("db", "url")
+    result = cli("db", "url")
     assert result.returncode == 0 and result.stdout.strip() == embedded.url()
 
 
+@pytest.mark.unit
 def test_cli_unreachable_is_one_line_exit_2(run_cli):
     result = run_cli("db", "ping", dsn="postgresql://u:secret@127.0.0.1:1/x")
     assert result.returncode == 2
@@ -106,8 +113,8 @@ def test_cli_unreachable_is_one_line_exit_2(run_cli):
     assert "secret" not in result.stderr and "Traceback" not in result.stderr
 
 
-def test_cli_ping_against_test_database(run_cli, db_dsn):
-    result = run_cli("db", "ping", dsn=db_dsn)
+def test_cli_ping_against_test_database(cli, db_dsn):
+    result = cli("db", "ping", dsn=db_dsn)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok: ")
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from psycopg import sql
 
+from consolidation.cli import dev as dev_cli, main as cli
 from consolidation.core import config
 from consolidation.dev import fixture
 
@@ -443,29 +444,26 @@ def test_build_on_a_caller_connection_commits_with_it(db_dsn):
 # --------------------------------------------------------------------- cli
 def test_cli_build_then_if_empty(db_dsn, monkeypatch, capsys):
     monkeypatch.setenv("CONSOLIDATION_DB_URL", db_dsn)
-    assert fixture.main(["build"]) == 0
+    assert cli.main(["fixture", "build"]) == 0
     out = capsys.readouterr().out
     assert "34 legacy objects" in out and "scale 1" in out
-    assert fixture.main(["fixture", "build", "--if-empty"]) == 0
+    assert cli.main(["fixture", "build", "--if-empty"]) == 0
     assert "nothing built" in capsys.readouterr().out
-    assert fixture.main(["build", "--scale", "2"]) == 1
+    assert cli.main(["fixture", "build", "--scale", "2"]) == 1
     assert "refusing to build" in capsys.readouterr().err
 
 
 def test_cli_unreachable_server_is_one_line_exit_2(monkeypatch, capsys):
     monkeypatch.setenv("CONSOLIDATION_DB_URL", "postgresql://postgres@127.0.0.1:1/nowhere")
-    assert fixture.main(["build"]) == 2
+    assert cli.main(["fixture", "build"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot reach" in err
 
 
 def test_register_adds_the_fixture_build_command():
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    fixture.register(parser.add_subparsers(dest="command"))
+    parser = cli.build_parser()
     args = parser.parse_args(["fixture", "build", "--scale", "3", "--if-empty"])
     assert (args.command, args.fixture_command, args.scale, args.if_empty) == ("fixture", "build", 3, True)
-    assert args.func is fixture.cli
+    assert cli.handler(args.func) is dev_cli.fixture_build
     with pytest.raises(SystemExit):
         parser.parse_args(["fixture", "build", "--scale", "0"])

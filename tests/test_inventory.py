@@ -77,17 +77,17 @@ def test_row_count_drift_is_a_warning(legacy_db):
     assert inv.ok
 
 
-def test_cli_table_json_and_exit_codes(legacy_db, run_cli):
-    out = run_cli("inventory", dsn=legacy_db)
+def test_cli_table_json_and_exit_codes(legacy_db, cli):
+    out = cli("inventory", dsn=legacy_db)
     assert out.returncode == 0, out.stderr
     assert "public.sbr_parsed_games" in out.stdout and "19,436" in out.stdout
     assert "Result: OK" in out.stdout
-    js = run_cli("inventory", "--json", dsn=legacy_db)
+    js = cli("inventory", "--json", dsn=legacy_db)
     data = json.loads(js.stdout)
     assert data["ok"] is True and len(data["objects"]) == 34
     with psycopg.connect(legacy_db) as conn:
         conn.execute("CREATE TABLE backtesting.scratch_notes (note text)")
-    blocked = run_cli("inventory", dsn=legacy_db)
+    blocked = cli("inventory", dsn=legacy_db)
     assert blocked.returncode == 1
     assert "backtesting.scratch_notes" in blocked.stdout and "BLOCKED" in blocked.stdout
 

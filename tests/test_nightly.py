@@ -1,5 +1,6 @@
-"""The nightly validation DAG, its history, the notifier, the CLI and the UI plugin, against a
-migrated copy of the fixture database.
+"""The nightly validation DAG, its history, the notifier, the CLI and the UI plugin, against
+clones of the 4B stage. Two DAG runs (a passing night, then a failing one that notifies); the
+other checks call the engine (nightly.validate) and the CLI in-process.
 
 What the owner of the data cares about: a passing night proves keys, foreign keys, registry,
 row counts and freshness against the data; a row that silently disappears fails the night
@@ -27,8 +28,7 @@ from consolidation.core import ledger
 from consolidation.phases import nightly
 from consolidation.core.plan import load_plan
 
-from conftest import REPO_ROOT, dbname_of
-from test_phase4ab import engine_4a, engine_4b
+from conftest import REPO_ROOT, task_states
 
 PLAN = load_plan()
 DAG_ID = nightly.DAG_ID
@@ -50,18 +50,10 @@ class FileNotifier(BaseNotifier):
             fh.write(f"{context.get('run_id')}\n{self.message}\n----\n")
 
 
-@pytest.fixture(scope="module")
-def migrated(make_session_db, fixture_template) -> str:
-    """Name of a database migrated through 4A and 4B; tests clone it."""
-    dsn = make_session_db(template=fixture_template)
-    engine_4a(dsn)
-    engine_4b(dsn)
-    return dbname_of(dsn)
-
-
 @pytest.fixture
-def db(make_db, migrated) -> str:
-    return make_db(template=migrated)
+def db(db_4b) -> str:
+    """A clone of the 4B stage (migrated through 4A and 4B)."""
+    return db_4b
 
 
 @pytest.fixture
@@ -73,14 +65,7 @@ def no_notifier(monkeypatch):
 
 def last_run() -> tuple[str, dict[str, str]]:
     """(run_id, {task_id: state}) of the latest run of the nightly DAG, from Airflow's metadata."""
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        dr = session.scalars(select(DagRun).where(DagRun.dag_id == DAG_ID).order_by(DagRun.id.desc())).first()
-        return dr.run_id, {ti.task_id: str(getattr(ti.state, "value", ti.state))
-                           for ti in dr.get_task_instances(session=session)}
+    return task_states(DAG_ID)
 
 
 def history(dsn: str, run_id: str) -> dict[tuple[str, str, str | None], dict]:
@@ -109,12 +94,12 @@ def result_json(run_id: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- the DAG
-def test_dag_shape_schedule_and_cheap_import(airflow_dags, monkeypatch):
+def test_dag_shape_schedule_and_cheap_import(dag_bag, monkeypatch):
     from airflow.sdk import CronTriggerTimetable
 
     from consolidation.airflow.notify import NightlyFailureNotifier
 
-    dag = airflow_dags.dags[DAG_ID]
+    dag = dag_bag.dags[DAG_ID]
     assert isinstance(dag.timetable, CronTriggerTimetable)
     assert dag.timetable.expression == "0 3 * * *" and str(dag.timetable.timezone) == "UTC"
     assert dag.catchup is False and dag.max_active_runs == 1
@@ -152,7 +137,7 @@ def test_dag_shape_schedule_and_cheap_import(airflow_dags, monkeypatch):
 
 
 def test_a_night_passes_then_a_silent_loss_fails_every_night_until_the_ledger_says_why(
-        db, run_dag, run_cli, tmp_path, monkeypatch, no_notifier):
+        db, run_dag, cli, tmp_path, monkeypatch, no_notifier):
     targets = nightly.migrated_tables(PLAN)
     # -- night 1: everything holds; counts are stored as the baseline
     assert run_dag(DAG_ID, db) == "success"
@@ -222,15 +207,15 @@ def test_a_night_passes_then_a_silent_loss_fails_every_night_until_the_ledger_sa
     assert "FAILED" in page and "sbr_parsed_games" in page
 
     # -- the CLI runs the same checks: still failing (the baseline is the last PASSING count)
-    out = run_cli("validate", "--schema", "raw_data", dsn=db)
+    out = cli("validate", "--schema", "raw_data", dsn=db)
     assert out.returncode == 1, out.stdout + out.stderr
     assert re.search(r"raw_data\s+sbr_parsed_games\s+rows_not_dropped\s+FAILED\s+1\s+%d" % (n - 1), out.stdout), out.stdout
     assert f"{n} at the last passing validation (run {run1}" in out.stdout
 
     # -- a human records why; the next validation passes and makes the new count the baseline
-    out = run_cli("validate", "--accept-drop", "raw_data.sbr_parsed_games", dsn=db)
+    out = cli("validate", "--accept-drop", "raw_data.sbr_parsed_games", dsn=db)
     assert out.returncode == 2 and "--reason" in out.stderr
-    out = run_cli("validate", "--accept-drop", "raw_data.sbr_parsed_games", "--reason", "duplicate scrape removed",
+    out = cli("validate", "--accept-drop", "raw_data.sbr_parsed_games", "--reason", "duplicate scrape removed",
                   dsn=db)
     assert out.returncode == 0, out.stderr
     with psycopg.connect(db) as conn:
@@ -248,15 +233,17 @@ def test_a_night_passes_then_a_silent_loss_fails_every_night_until_the_ledger_sa
 
 
 def test_duplicated_key_fails_naming_table_and_key_and_nobody_is_notified_without_configuration(
-        db, run_dag, tmp_path, no_notifier):
+        db, dag_bag, tmp_path, no_notifier):
+    from consolidation.airflow.notify import NightlyFailureNotifier
+
     with psycopg.connect(db) as conn:
         conn.execute("ALTER TABLE operational.strategy_integration_log DROP CONSTRAINT strategy_integration_log_pkey")
         dup = conn.execute("INSERT INTO operational.strategy_integration_log "
                            "SELECT * FROM operational.strategy_integration_log WHERE id = 7 RETURNING id").fetchone()
     assert dup == (7,)
-    assert run_dag(DAG_ID, db) == "failed"
-    run_id, states = last_run()
-    assert states["operational.validate"] == "failed" and states["report"] == "failed"
+    run_id = "manual__duplicated"
+    verdict = nightly.validate(db, PLAN, run_id=run_id, user="test")
+    assert not verdict.passed
     failed = {k: r for k, r in history(db, run_id).items() if not r["passed"]}
     # no primary key any more: the key comes from the plan (first night), and is checked
     assert list(failed) == [("operational.strategy_integration_log", "key_unique", "id")]
@@ -266,6 +253,11 @@ def test_duplicated_key_fails_naming_table_and_key_and_nobody_is_notified_withou
     summary = result_json(run_id)["summary"]
     assert "operational.strategy_integration_log: key_unique on id (expect_column_values_to_be_unique): " \
            "observed 2 rows with a duplicated key" in summary
+    # the DAG's failure callback, with nothing configured: nothing is sent, and it does not raise
+    callbacks = dag_bag.dags[DAG_ID].on_failure_callback
+    callback = next(c for c in (callbacks if isinstance(callbacks, list) else [callbacks])
+                    if isinstance(c, NightlyFailureNotifier))
+    assert callback({"run_id": run_id, "dag": dag_bag.dags[DAG_ID]}) is None
     assert not list(tmp_path.iterdir())  # nothing configured: nothing sent
 
 

@@ -1,4 +1,5 @@
-"""Phases 4A and 4B, run as DAGs (dag.test) against a real database built by the fixture.
+"""Phases 4A and 4B against a real database built by the fixture: once as DAGs (dag.test),
+everything else through the engine functions the DAG tasks call, on clones of the 4B stage.
 
 What is asserted is what the owner of the database cares about: every row arrived,
 byte for byte (checksums computed here, independently of the engine), nothing was
@@ -10,81 +11,58 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from consolidation.phases import extend
-from consolidation.core import ledger
+from consolidation import api
 from consolidation.checks import gates as phases
-from consolidation.checks.gate_4a import gate_4a_checks
-from consolidation.checks.gate_4b import gate_4b_checks
 from consolidation.checks.gx import GateFailed
-from consolidation.phases.migrate import StepFailed, run_step
-from consolidation.core.plan import load_plan
+from consolidation.checks.inventory import InventoryBlocked
 from consolidation.checks.probes import probe_insert
+from consolidation.core import ledger
+from consolidation.phases import extend
+from consolidation.phases.migrate import run_step
 
-from conftest import dbname_of
+from conftest import task_states
+from phase_helpers import PLAN, engine_4a, engine_4b, q, run_gate, snapshot, table_md5
 
-
-def q(name: str) -> sql.Composed:
-    return sql.SQL("{}.{}").format(*map(sql.Identifier, name.split(".")))
-
-
-def table_md5(conn, name: str, columns: list[str] | None = None, where: str = "TRUE") -> tuple[str, int]:
-    """Order-independent digest of a table's rows over the given columns (test-side, not the engine's)."""
-    cols = sql.SQL("*") if columns is None else sql.SQL(", ").join(map(sql.Identifier, columns))
-    row = conn.execute(sql.SQL(
-        "SELECT md5(coalesce(string_agg(h, ',' ORDER BY h), '')), count(*) "
-        "FROM (SELECT md5(ROW(x.*)::text) AS h FROM (SELECT {} FROM {} WHERE " + where + ") x) y").format(
-        cols, q(name))).fetchone()
-    return row[0], row[1]
+COPIES = [s for s in PLAN.steps if s.action == "copy" and not s.is_recreated_view]
+TARGETS = sorted({s.target for s in PLAN.migrating_steps()})
 
 
-def engine_4a(dsn: str, plan=None) -> None:
-    """4A through the engine functions the DAG tasks call (used to set up other tests fast)."""
-    plan = plan or load_plan()
-    with psycopg.connect(dsn) as conn:
-        extend.ensure_schemas(conn, plan, run_id="setup-4a", user="test")
-        for schema in plan.legacy_schemas:
-            extend.extend_group(conn, plan, schema, run_id="setup-4a", user="test")
-        extend.finalize(conn, plan, run_id="setup-4a", user="test")
-        checks = gate_4a_checks(conn, plan)
-        conn.commit()
-        phases.run_phase_gate(conn, dsn, plan, "4A", checks, run_id="setup-4a", user="test")
+# ------------------------------------------------------------------ the DAGs
+def test_4a_then_4b_dags_migrate_exactly_what_the_engine_does(legacy_db, template_4b, run_dag):
+    """phase4a_schema_extension then phase4b_data_migration on a copy of the fixture: both succeed,
+    every step and both gates are in the ledger under the DAG runs, and every target holds exactly
+    the rows of the 4B stage built through the engine (which the tests below examine)."""
+    assert run_dag("phase4a_schema_extension", legacy_db) == "success"
+    assert run_dag("phase4b_data_migration", legacy_db) == "success"
+    assert snapshot(legacy_db, PLAN.consolidated_schemas) == snapshot(template_4b.dsn, PLAN.consolidated_schemas)
+    with psycopg.connect(legacy_db) as conn:
+        rows = ledger.rows(conn, PLAN, "phase = '4B' AND kind = 'step'")
+        assert {r["name"] for r in rows} == {s.name for s in PLAN.steps if s.action != "delete"}
+        assert {r["run_id"] for r in rows} == {ledger.latest(conn, PLAN, phase="4B", kind="gate")["run_id"]}
+        for r in rows:
+            assert r["status"] == "success" and r["source_checksum"] == r["target_checksum"], r["name"]
+        gates = ledger.rows(conn, PLAN, "kind = 'gate'")
+        assert [(g["phase"], g["status"], g["run_id"][:8]) for g in gates] == [
+            ("4A", "success", "manual__"), ("4B", "success", "manual__")]
+        assert {g["triggered_by"] for g in gates} == {"dag_test"}
 
 
-def engine_4b(dsn: str, plan=None, run_id: str = "setup-4b") -> None:
-    plan = plan or load_plan()
-    with psycopg.connect(dsn) as conn:
-        for step in plan.steps:
-            if step.action != "delete":
-                run_step(conn, plan, step.name, run_id=run_id, user="test")
+def test_4b_dag_refuses_without_a_passed_4a_gate_and_its_gate_refuses_too(legacy_db, run_dag):
+    """The guard fails the run; gate_4B (trigger rule all_done) still runs, and refuses too:
+    no step ran, no gate was recorded."""
+    assert run_dag("phase4b_data_migration", legacy_db) == "failed"
+    _, states = task_states("phase4b_data_migration")
+    assert states.pop("require_4A_gate") == "failed"
+    assert states.pop("gate_4B") == "failed"  # it ran (all_done) and refused; not upstream_failed
+    assert set(states.values()) == {"upstream_failed"}
+    with psycopg.connect(legacy_db) as conn:
+        assert conn.execute("SELECT to_regclass('raw_data.sbr_raw_html')").fetchone()[0] is None
+        assert conn.execute("SELECT to_regclass('operational.consolidation_ledger')").fetchone()[0] is None
 
 
-def gate_4b(dsn: str, plan=None):
-    plan = plan or load_plan()
-    with psycopg.connect(dsn) as conn:
-        checks = gate_4b_checks(conn, plan)
-        conn.commit()
-        return phases.run_phase_gate(conn, dsn, plan, "4B", checks, run_id="test-gate", user="test")
-
-
-@pytest.fixture(scope="module")
-def migrated_template(request):
-    """A database migrated through 4A and 4B by the DAGs; tests clone it."""
-    make_session_db = request.getfixturevalue("make_session_db")
-    fixture_template = request.getfixturevalue("fixture_template")
-    run_dag = request.getfixturevalue("run_dag")
-    dsn = make_session_db(template=fixture_template)
-    assert run_dag("phase4a_schema_extension", dsn) == "success"
-    assert run_dag("phase4b_data_migration", dsn) == "success"
-    return dsn
-
-
-# ------------------------------------------------------------------ full run
-COPIES = [s for s in load_plan().steps if s.action == "copy" and not s.is_recreated_view]
-
-
-def test_4a_4b_move_every_row_exactly(migrated_template):
-    plan = load_plan()
-    with psycopg.connect(migrated_template) as conn:
+# ------------------------------------------------------------------ the migrated data
+def test_4a_4b_move_every_row_exactly(db_4b):
+    with psycopg.connect(db_4b) as conn:
         for step in COPIES:
             if step.source == "splits.games":
                 continue  # renamed/cast columns: checked below
@@ -113,18 +91,18 @@ def test_4a_4b_move_every_row_exactly(migrated_template):
         assert fks["operational.pre_game_recommendations"] == "core_betting.game_outcomes"
         assert fks["core_betting.action_network_games"] == "core_betting.teams"
         # the ledger saw every step, with reconciling counts and equal checksums
-        rows = ledger.rows(conn, plan, "phase = '4B' AND kind = 'step'")
-        assert {r["name"] for r in rows} == {s.name for s in plan.steps if s.action != "delete"}
+        rows = ledger.rows(conn, PLAN, "phase = '4B' AND kind = 'step'")
+        assert {r["name"] for r in rows} == {s.name for s in PLAN.steps if s.action != "delete"}
         for r in rows:
             assert r["status"] == "success" and r["source_checksum"] == r["target_checksum"], r["name"]
             assert r["rows_read"] == r["rows_inserted"] + r["rows_merged"] + r["rows_quarantined"] + \
                 r["details"]["already_present"]
-        gates = ledger.rows(conn, plan, "kind = 'gate'")
+        gates = ledger.rows(conn, PLAN, "kind = 'gate'")
         assert [(g["phase"], g["status"]) for g in gates] == [("4A", "success"), ("4B", "success")]
 
 
-def test_teams_are_enriched_not_multiplied(migrated_template):
-    with psycopg.connect(migrated_template) as conn:
+def test_teams_are_enriched_not_multiplied(db_4b):
+    with psycopg.connect(db_4b) as conn:
         n, enriched, formatted = conn.execute(
             "SELECT count(*), count(action_network_id), count(display_name) FROM core_betting.teams").fetchone()
         assert (n, enriched, formatted) == (30, 30, 30)
@@ -143,8 +121,8 @@ def test_teams_are_enriched_not_multiplied(migrated_template):
                                 (abbr,)).fetchone()[0] == target_value
 
 
-def test_union_keeps_provenance_without_collisions(migrated_template):
-    with psycopg.connect(migrated_template) as conn:
+def test_union_keeps_provenance_without_collisions(db_4b):
+    with psycopg.connect(db_4b) as conn:
         by_source = dict(conn.execute(
             "SELECT source_table, count(*) FROM operational.strategy_configurations GROUP BY 1").fetchall())
         assert by_source == {"tracking.active_strategy_configs": 20, "backtesting.strategy_configurations": 36}
@@ -159,15 +137,12 @@ def test_union_keeps_provenance_without_collisions(migrated_template):
             assert missing == 0, legacy
 
 
-def test_4b_twice_gives_identical_targets(migrated_template, make_db, run_dag):
-    plan = load_plan()
-    dsn = make_db(template=dbname_of(migrated_template))
-    targets = sorted({s.target for s in plan.migrating_steps()})
-    with psycopg.connect(dsn) as conn:
-        before = {t: table_md5(conn, t) for t in targets}
-    assert run_dag("phase4b_data_migration", dsn) == "success"
-    with psycopg.connect(dsn) as conn:
-        after = {t: table_md5(conn, t) for t in targets}
+def test_4b_twice_gives_identical_targets(db_4b):
+    with psycopg.connect(db_4b) as conn:
+        before = {t: table_md5(conn, t) for t in TARGETS}
+    assert engine_4b(db_4b, run_id="second-run", gate=False) == {}
+    with psycopg.connect(db_4b) as conn:
+        after = {t: table_md5(conn, t) for t in TARGETS}
         assert after == before
         runs = conn.execute("SELECT count(DISTINCT run_id) FROM operational.consolidation_ledger "
                             "WHERE phase = '4B' AND kind = 'step'").fetchone()[0]
@@ -175,19 +150,45 @@ def test_4b_twice_gives_identical_targets(migrated_template, make_db, run_dag):
         # keyed steps insert nothing the second time; the keyless view snapshot is refreshed whole
         inserted = dict(conn.execute(
             "SELECT name, rows_inserted FROM operational.consolidation_ledger WHERE phase = '4B' AND kind = 'step' "
-            "AND run_id = (SELECT run_id FROM operational.consolidation_ledger WHERE phase = '4B' AND kind = 'step' "
-            "ORDER BY id DESC LIMIT 1)").fetchall())
+            "AND run_id = 'second-run'").fetchall())
         assert inserted.pop("copy__action__games_with_teams") == 15
         assert set(inserted.values()) == {0}
 
 
+def test_targets_survive_dropping_the_legacy_schemas(db_4b):
+    targets = sorted({s.target for s in PLAN.migrating_steps() if not s.is_recreated_view})
+    with psycopg.connect(db_4b) as conn:
+        defaults_before = conn.execute(
+            "SELECT count(*) FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid "
+            "WHERE c.relnamespace::regnamespace::text IN ('raw_data','core_betting','analytics','operational')"
+        ).fetchone()[0]
+        for schema in PLAN.legacy_schemas:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        conn.commit()
+        defaults_after = conn.execute(
+            "SELECT count(*) FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid "
+            "WHERE c.relnamespace::regnamespace::text IN ('raw_data','core_betting','analytics','operational')"
+        ).fetchone()[0]
+        assert defaults_after == defaults_before
+        results = [probe_insert(conn, *t.split(".")) for t in targets]
+        failures = [(r.table, r.error) for r in results if not r.ok]
+        assert not failures
+        keyed = {r.table: r.key for r in results if r.key}
+        assert keyed["raw_data.sbr_parsed_games"]["id"] > 19436  # the sequence is past the migrated keys
+        assert keyed["operational.strategy_configurations"]["config_id"] > 56
+        # the probes were rolled back
+        assert conn.execute("SELECT count(*) FROM raw_data.sbr_parsed_games").fetchone()[0] == 19436
+
+
 # ------------------------------------------------------------------ failures
-def test_uncastable_row_is_quarantined_and_fails_the_gate(legacy_db, run_dag):
+def test_uncastable_row_is_quarantined_and_fails_the_gate(legacy_db):
     with psycopg.connect(legacy_db) as conn:
         conn.execute("UPDATE splits.games SET game_id = 'test_sharp_action_777' WHERE id = 17")
     engine_4a(legacy_db)
-    assert run_dag("phase4b_data_migration", legacy_db) == "failed"
-    plan = load_plan()
+    failed = engine_4b(legacy_db, gate=False)
+    assert list(failed) == ["copy__splits__games"] and "quarantined" in str(failed["copy__splits__games"])
+    with psycopg.connect(legacy_db) as conn, pytest.raises(GateFailed):
+        api.gate(conn, legacy_db, PLAN, "4B", run_id="r-4b", user="test")  # as gate_4B runs after a failed step
     with psycopg.connect(legacy_db) as conn:
         rows = conn.execute("SELECT step, original, reason FROM operational.consolidation_quarantine").fetchall()
         assert len(rows) == 1
@@ -196,11 +197,14 @@ def test_uncastable_row_is_quarantined_and_fails_the_gate(legacy_db, run_dag):
         assert original["game_id"] == "test_sharp_action_777" and "bigint" in reason
         # every other row still arrived; the bad one is not lost, it is in quarantine
         assert conn.execute("SELECT count(*) FROM core_betting.supplementary_games").fetchone()[0] == 251
-        step_row = ledger.latest(conn, plan, phase="4B", kind="step", name="copy__splits__games")
+        step_row = ledger.latest(conn, PLAN, phase="4B", kind="step", name="copy__splits__games")
         assert step_row["status"] == "failed" and "quarantined" in step_row["message"]
-        gate = ledger.latest(conn, plan, phase="4B", kind="gate")
-        assert gate["status"] == "failed"
+        gate = ledger.latest(conn, PLAN, phase="4B", kind="gate")
+        assert gate["status"] == "failed" and gate["run_id"] == "r-4b"
         assert "core_betting.supplementary_games" in gate["message"] and "quarantined" in gate["message"]
+        # and 4C refuses to start on it
+        with pytest.raises(phases.PhaseRefused, match=r"latest 4B gate \(run r-4b"):
+            phases.require_gate(conn, PLAN, "4C")
 
 
 def test_quarantine_threshold_lets_a_step_pass(legacy_db):
@@ -219,32 +223,37 @@ def test_quarantine_threshold_lets_a_step_pass(legacy_db):
     assert (result.read, result.inserted, result.quarantined, result.path) == (252, 251, 1, "per-row")
 
 
-@pytest.mark.parametrize("damage", ["UPDATE core_betting.game_outcomes SET home_score = home_score + 1 WHERE id = 5",
-                                    "DELETE FROM operational.migration_log WHERE id = 3"])
-def test_gate_fails_and_names_the_table_after_damage(migrated_template, make_db, damage):
-    dsn = make_db(template=dbname_of(migrated_template))
-    gate_4b(dsn)  # passes before the damage
-    with psycopg.connect(dsn) as conn:
-        touched = conn.execute(damage).rowcount
-    assert touched == 1, "the damage must hit a row"
+DAMAGE = {"core_betting.game_outcomes": "UPDATE core_betting.game_outcomes SET home_score = home_score + 1 WHERE id = 5",
+          "operational.migration_log": "DELETE FROM operational.migration_log WHERE id = 3"}
+
+
+def test_gate_fails_and_names_each_damaged_table(db_4b):
+    with psycopg.connect(db_4b) as conn:  # the gate passed on exactly these rows (the 4B stage)
+        assert ledger.latest(conn, PLAN, phase="4B", kind="gate")["status"] == "success"
+        for table, damage in DAMAGE.items():
+            assert conn.execute(damage).rowcount == 1, f"the damage must hit a row of {table}"
     with pytest.raises(GateFailed) as err:
-        gate_4b(dsn)
-    table = "core_betting.game_outcomes" if "game_outcomes" in damage else "operational.migration_log"
+        run_gate(db_4b, "4B")
     summary = str(err.value)
-    assert table in summary and "FAILED" in summary
     failed = {(r.check.table, r.check.name) for r in err.value.result.failures()}
-    assert (table, "rows_present") in failed
+    for table in DAMAGE:
+        assert table in summary, table
+        assert (table, "rows_present") in failed
+    assert "FAILED" in summary
+    assert {t for t, _ in failed} == set(DAMAGE)  # nothing else is blamed
 
 
-def test_existing_target_with_other_columns_stops_4a(legacy_db, run_dag):
+def test_existing_target_with_other_columns_stops_4a(legacy_db):
     with psycopg.connect(legacy_db) as conn:
         conn.execute("CREATE TABLE core_betting.action_network_games (id integer PRIMARY KEY, "
                      "action_network_game_id text, kickoff timestamptz)")
-    assert run_dag("phase4a_schema_extension", legacy_db) == "failed"
-    plan = load_plan()
-    with psycopg.connect(legacy_db) as conn:
+        conn.commit()
+        # the DAG's first task refuses (the inventory names the drift) ...
+        blocked = api.inventory(conn, PLAN).failure
+        assert isinstance(blocked, InventoryBlocked) and "core_betting.action_network_games" in str(blocked)
+        # ... and the group that would create it refuses with a column-by-column diff
         with pytest.raises(extend.TargetConflict) as err:
-            extend.extend_group(conn, plan, "action", run_id="t", user="test")
+            extend.extend_group(conn, PLAN, "action", run_id="t", user="test")
         text = str(err.value)
         assert "core_betting.action_network_games already exists and differs" in text
         assert "action_network_game_id: core_betting.action_network_games has text, the plan gives integer" in text
@@ -253,48 +262,20 @@ def test_existing_target_with_other_columns_stops_4a(legacy_db, run_dag):
         cols = [r[0] for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = "
                                            "'core_betting.action_network_games'::regclass AND attnum > 0")]
         assert cols == ["id", "action_network_game_id", "kickoff"]
-        assert ledger.latest(conn, plan, phase="4A", kind="gate") is None
+        assert ledger.latest(conn, PLAN, phase="4A", kind="gate") is None
 
 
-def test_4b_refuses_without_a_passed_4a_gate(legacy_db, run_dag):
-    assert run_dag("phase4b_data_migration", legacy_db) == "failed"
-    plan = load_plan()
+def test_4b_refuses_without_a_passed_4a_gate(legacy_db):
     with psycopg.connect(legacy_db) as conn:
         with pytest.raises(phases.PhaseRefused, match="no 4A gate has run yet.*trigger phase4a_schema_extension first"):
-            phases.require_gate(conn, plan, "4B")
-        # nothing was migrated
-        assert conn.execute("SELECT to_regclass('raw_data.sbr_raw_html')").fetchone()[0] is None
+            api.require_gate(conn, PLAN, "4B")
         # a failed 4A gate is named with its run
-        extend.ensure_schemas(conn, plan, run_id="r-failed", user="test")
-        ledger.record(conn, plan, status="failed", message="gate 4A FAILED: 1 of 2 checks", run_id="r-failed",
+        extend.ensure_schemas(conn, PLAN, run_id="r-failed", user="test")
+        ledger.record(conn, PLAN, status="failed", message="gate 4A FAILED: 1 of 2 checks", run_id="r-failed",
                       phase="4A", kind="gate", name="gate_4A")
         conn.commit()
         with pytest.raises(phases.PhaseRefused, match="latest 4A gate \\(run r-failed"):
-            phases.require_gate(conn, plan, "4B")
-
-
-def test_targets_survive_dropping_the_legacy_schemas(migrated_template, make_db):
-    plan = load_plan()
-    dsn = make_db(template=dbname_of(migrated_template))
-    targets = sorted({s.target for s in plan.migrating_steps() if not s.is_recreated_view})
-    with psycopg.connect(dsn) as conn:
-        defaults_before = conn.execute(
-            "SELECT count(*) FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid "
-            "WHERE c.relnamespace::regnamespace::text IN ('raw_data','core_betting','analytics','operational')"
-        ).fetchone()[0]
-        for schema in plan.legacy_schemas:
-            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-        conn.commit()
-        defaults_after = conn.execute(
-            "SELECT count(*) FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid "
-            "WHERE c.relnamespace::regnamespace::text IN ('raw_data','core_betting','analytics','operational')"
-        ).fetchone()[0]
-        assert defaults_after == defaults_before
-        results = [probe_insert(conn, *t.split(".")) for t in targets]
-        failures = [(r.table, r.error) for r in results if not r.ok]
-        assert not failures
-        keyed = {r.table: r.key for r in results if r.key}
-        assert keyed["raw_data.sbr_parsed_games"]["id"] > 19436  # the sequence is past the migrated keys
-        assert keyed["operational.strategy_configurations"]["config_id"] > 56
-        # the probes were rolled back
-        assert conn.execute("SELECT count(*) FROM raw_data.sbr_parsed_games").fetchone()[0] == 19436
+            api.require_gate(conn, PLAN, "4B")
+        with pytest.raises(phases.PhaseRefused, match="latest 4A gate \\(run r-failed"):
+            api.gate(conn, legacy_db, PLAN, "4B", run_id="r-4b", user="test")  # gate_4B refuses as well
+        assert ledger.latest(conn, PLAN, phase="4B", kind="gate") is None

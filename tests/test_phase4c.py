@@ -1,7 +1,8 @@
 """Phase 4C: the table registry services read, and the smoke queries that prove it.
 
-Run against a database migrated through 4A and 4B (engine calls, real gates), cloned per
-test. What is asserted is what a service owner cares about: every migrated table can be
+The DAG runs once (on a copy of the 4B stage); everything else runs through the engine
+functions its tasks call, on clones of the 4C stage (registry written, exported, gate passed).
+What is asserted is what a service owner cares about: every migrated table can be
 found, never in a legacy schema, and reading a legacy name through the registry returns
 exactly the legacy rows; a registry or a target that lies fails the 4C gate, by name.
 """
@@ -14,82 +15,31 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from consolidation.phases import extend, registry, smoke
-from consolidation.core import ledger
+from consolidation import api
 from consolidation.checks import gates as phases
-from consolidation.checks.gate_4a import gate_4a_checks
-from consolidation.checks.gate_4b import gate_4b_checks
-from consolidation.phases.registry_checks import gate_4c_checks
 from consolidation.checks.gx import GateFailed
-from consolidation.phases.migrate import run_step
-from consolidation.core.plan import load_plan
+from consolidation.core import ledger
+from consolidation.phases import registry, smoke
 
-from conftest import dbname_of
+from phase_helpers import PLAN, engine_4c, record_gate, run_gate, table_rows
 
 DAG_ID = "phase4c_service_updates"
 
 
-def engine_4a_4b(dsn: str, plan) -> None:
-    """4A and 4B through the engine functions their DAG tasks call, each closed by its real gate."""
-    with psycopg.connect(dsn) as conn:
-        extend.ensure_schemas(conn, plan, run_id="setup-4a", user="test")
-        for schema in plan.legacy_schemas:
-            extend.extend_group(conn, plan, schema, run_id="setup-4a", user="test")
-        extend.finalize(conn, plan, run_id="setup-4a", user="test")
-        checks = gate_4a_checks(conn, plan)
-        conn.commit()
-        phases.run_phase_gate(conn, dsn, plan, "4A", checks, run_id="setup-4a", user="test")
-        for step in plan.migrating_steps():
-            run_step(conn, plan, step.name, run_id="setup-4b", user="test")
-        checks = gate_4b_checks(conn, plan)
-        conn.commit()
-        phases.run_phase_gate(conn, dsn, plan, "4B", checks, run_id="setup-4b", user="test")
+@pytest.fixture(scope="module")
+def plan():
+    return PLAN
 
 
 def gate_4c(dsn: str, plan, **kw):
-    with psycopg.connect(dsn) as conn:
-        checks = gate_4c_checks(conn, plan, **kw)
-        conn.commit()
-        return phases.run_phase_gate(conn, dsn, plan, "4C", checks, run_id="test-gate-4c", user="test")
-
-
-def table_rows(conn, query: sql.Composable) -> list[str]:
-    """The rows of a query as sorted text: a multiset, computed test-side."""
-    return sorted(r[0] for r in conn.execute(sql.SQL("SELECT ROW(q.*)::text FROM ({}) AS q").format(query)))
-
-
-@pytest.fixture(scope="module")
-def plan():
-    return load_plan()
-
-
-@pytest.fixture(scope="module")
-def migrated(make_session_db, fixture_template, plan) -> str:
-    """Name of a database through 4A and 4B, both gates passed; clone it."""
-    dsn = make_session_db(template=fixture_template)
-    engine_4a_4b(dsn, plan)
-    return dbname_of(dsn)
-
-
-@pytest.fixture(scope="module")
-def after_4c(make_session_db, migrated, run_dag, tmp_path_factory):
-    """(database name, export file, DAG state) after one run of the 4C DAG on a migrated copy."""
-    dsn = make_session_db(template=migrated)
-    folder = tmp_path_factory.mktemp("registry-export")
-    state = run_dag(DAG_ID, dsn, {"export_dir": str(folder)})
-    return dbname_of(dsn), folder / "registry.json", state
-
-
-@pytest.fixture
-def clone_4c(make_db, after_4c):
-    return make_db(template=after_4c[0])
+    return run_gate(dsn, "4C", plan, run_id="test-gate-4c", **kw)
 
 
 # ------------------------------------------------------------------ the run
-def test_4c_registers_every_migrated_table_and_passes_its_gate(after_4c, make_db, plan):
-    name, export_file, state = after_4c
-    assert state == "success"
-    dsn = make_db(template=name)
+def test_4c_dag_registers_every_migrated_table_and_passes_its_gate(db_4b, run_dag, plan, tmp_path):
+    dsn = db_4b
+    assert run_dag(DAG_ID, dsn, {"export_dir": str(tmp_path)}) == "success"
+    export_file = tmp_path / "registry.json"
     with psycopg.connect(dsn) as conn:
         rows = conn.execute("SELECT logical_name, physical_schema, physical_table, status, set_by_run, set_by_user, "
                             "filter_column, filter_op, filter_value FROM operational.consolidation_registry").fetchall()
@@ -122,9 +72,9 @@ def test_4c_registers_every_migrated_table_and_passes_its_gate(after_4c, make_db
     assert registry.resolve(dsn, "splits.games") == registry.resolve_file(export_file, "splits.games")  # by DSN
 
 
-def test_resolved_names_return_the_legacy_rows(after_4c, make_db, plan):
+def test_resolved_names_return_the_legacy_rows(db_4c, plan):
     """Checked here, independently of the gate: renamed, union and merge entries."""
-    dsn = make_db(template=after_4c[0])
+    dsn = db_4c
     with psycopg.connect(dsn) as conn:
         games = registry.resolve(conn, "splits.games", plan=plan)
         assert games.physical("game_id") == "external_game_id" and games.physical("home") == "home_team"
@@ -152,8 +102,8 @@ def test_resolved_names_return_the_legacy_rows(after_4c, make_db, plan):
                 == count, name
 
 
-def test_rerun_changes_nothing(clone_4c, plan):
-    with psycopg.connect(clone_4c) as conn:
+def test_rerun_changes_nothing(db_4c, plan):
+    with psycopg.connect(db_4c) as conn:
         before = registry.entries(conn, plan)
         for schema in plan.legacy_schemas:
             lines = registry.register_group(conn, plan, schema, run_id="second-run", user="test")
@@ -171,26 +121,23 @@ def test_rerun_changes_nothing(clone_4c, plan):
 
 
 # ------------------------------------------------------------------ refusals and failures
-def test_4c_refused_without_a_passed_4b_gate(migrated, make_db, run_dag, legacy_db, plan):
+def test_4c_refused_without_a_passed_4b_gate(db_4b, legacy_db, plan):
     with psycopg.connect(legacy_db) as conn:  # nothing migrated at all
         with pytest.raises(phases.PhaseRefused, match="no 4B gate has run yet.*phase4b_data_migration"):
-            phases.require_gate(conn, plan, "4C")
-    dsn = make_db(template=migrated)
-    with psycopg.connect(dsn) as conn:  # the latest 4B gate failed
-        ledger.record(conn, plan, status="failed", message="gate 4B FAILED: 1 of 90 checks", run_id="r-4b-failed",
-                      phase="4B", kind="gate", name="gate_4B")
-        conn.commit()
-    assert run_dag(DAG_ID, dsn) == "failed"
-    with psycopg.connect(dsn) as conn:
-        with pytest.raises(phases.PhaseRefused, match=r"latest 4B gate \(run r-4b-failed"):
-            phases.require_gate(conn, plan, "4C")
+            api.require_gate(conn, plan, "4C")
+    record_gate(db_4b, "4B", "failed", run_id="r-4b-failed", message="gate 4B FAILED: 1 of 90 checks")
+    with psycopg.connect(db_4b) as conn:  # the latest 4B gate failed: the guard and gate_4C both refuse
+        for refuse in (lambda: api.require_gate(conn, plan, "4C"),
+                       lambda: api.gate(conn, db_4b, plan, "4C", run_id="r-4c", user="test")):
+            with pytest.raises(phases.PhaseRefused, match=r"latest 4B gate \(run r-4b-failed"):
+                refuse()
         assert conn.execute("SELECT to_regclass('operational.consolidation_registry')").fetchone()[0] is None
         assert ledger.latest(conn, plan, phase="4C", kind="gate") is None
         assert ledger.rows(conn, plan, "phase = '4C'") == []
 
 
-def test_broken_entries_fail_the_gate_by_name(clone_4c, plan):
-    with psycopg.connect(clone_4c) as conn:
+def test_broken_entries_fail_the_gate_by_name(db_4c, plan):
+    with psycopg.connect(db_4c) as conn:
         conn.execute("UPDATE operational.consolidation_registry SET physical_table = 'pre_game_recs_v2' "
                      "WHERE logical_name = 'tracking.pre_game_recommendations'")
         conn.execute("UPDATE operational.consolidation_registry SET physical_schema = 'backtesting', "
@@ -201,7 +148,7 @@ def test_broken_entries_fail_the_gate_by_name(clone_4c, plan):
         with pytest.raises(registry.NotRegistered, match="points into legacy schema backtesting"):
             registry.resolve(conn, "backtesting.threshold_configurations", plan=plan)
     with pytest.raises(GateFailed) as err:
-        gate_4c(clone_4c, plan)
+        gate_4c(db_4c, plan)
     failed = {r.check.name: r for r in err.value.result.failures()}
     assert failed["every_entry_resolves"].sample == [
         {"logical_name": "tracking.pre_game_recommendations", "points_at": "operational.pre_game_recs_v2",
@@ -216,29 +163,31 @@ def test_broken_entries_fail_the_gate_by_name(clone_4c, plan):
     # every smoke query over the two broken entries fails too, the others pass
     smoke_failed = {n for n in failed if n.startswith("smoke_")}
     assert smoke_failed == {"smoke_tracking_pre_game_card", "smoke_backtesting_orchestrator_queue"}
-    with psycopg.connect(clone_4c) as conn:
+    with psycopg.connect(db_4c) as conn:
         gate = ledger.latest(conn, plan, phase="4C", kind="gate")
         assert gate["status"] == "failed"
         assert "tracking.pre_game_recommendations" in gate["message"]
         assert "backtesting.threshold_configurations" in gate["message"]
 
 
-def test_target_altered_after_4b_fails_the_4c_dag(clone_4c, run_dag, plan):
-    with psycopg.connect(clone_4c) as conn:
+def test_target_altered_after_4b_fails_the_4c_gate(db_4c, plan, state_dir):
+    """4C again (as its DAG runs it: register, export, gate) after a consolidated table changed."""
+    with psycopg.connect(db_4c) as conn:
         changed = conn.execute("UPDATE core_betting.game_outcomes SET home_score = home_score + 2 "
                                "WHERE game_date = (SELECT max(game_date) FROM core_betting.game_outcomes "
                                "WHERE home_score IS NOT NULL) AND home_score IS NOT NULL").rowcount
         assert changed > 0
-    assert run_dag(DAG_ID, clone_4c) == "failed"
-    with psycopg.connect(clone_4c) as conn:
+    with pytest.raises(GateFailed):
+        engine_4c(db_4c, state_dir / "export", plan, run_id="rerun-4c")
+    with psycopg.connect(db_4c) as conn:
         gate = ledger.latest(conn, plan, phase="4C", kind="gate")
-        assert gate["status"] == "failed"
+        assert gate["status"] == "failed" and gate["run_id"] == "rerun-4c"
         failed = {(r["name"], r["step"]) for r in gate["details"]["results"] if not r["passed"]}
         assert failed == {("smoke_public_results_board", None), ("same_rows_as_legacy", "public.game_outcomes")}
         assert "smoke_public_results_board" in gate["message"] and "only in legacy" in gate["message"]
 
 
-def test_smoke_query_that_differs_is_named(clone_4c, plan, tmp_path):
+def test_smoke_query_that_differs_is_named(db_4c, plan, tmp_path):
     """A smoke-only difference (the plan's default shows where legacy had NULL) fails by query name."""
     (tmp_path / "splits_unsourced_games.sql").write_text(
         "-- Games the splits feed delivered without a source.\n"
@@ -246,7 +195,7 @@ def test_smoke_query_that_differs_is_named(clone_4c, plan, tmp_path):
     (tmp_path / "splits_games_per_day.sql").write_text(
         "SELECT g.game_date, count(*) FROM {{splits.games}} AS g GROUP BY g.game_date")
     with pytest.raises(GateFailed) as err:
-        gate_4c(clone_4c, plan, smoke_folder=tmp_path)
+        gate_4c(db_4c, plan, smoke_folder=tmp_path)
     failures = err.value.result.failures()
     assert [r.check.name for r in failures] == ["smoke_splits_unsourced_games"]
     assert failures[0].observed == 31  # every 8th of 252 games had no source
@@ -325,13 +274,10 @@ def test_shipped_smoke_queries_cover_every_legacy_schema(plan):
         assert all(plan.step_for_source(*n.split(".")).action != "delete" for n in q.names), q.name
 
 
-def test_cli_resolves_from_file_and_database(after_4c, run_cli, server_dsn):
-    from conftest import with_dbname
-
-    name, export_file, _ = after_4c
-    out = run_cli("registry", "resolve", "splits.games", "--file", str(export_file))
+def test_cli_resolves_from_file_and_database(template_4c, db_4c, cli):
+    out = cli("registry", "resolve", "splits.games", "--file", str(template_4c.export_file))
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == "splits.games -> core_betting.supplementary_games"
     assert "game_id                      external_game_id (cast from bigint)" in out.stdout
-    out = run_cli("registry", "resolve", "public.test_table", dsn=with_dbname(server_dsn, name))
+    out = cli("registry", "resolve", "public.test_table", dsn=db_4c)
     assert out.returncode == 1 and "public.test_table is not in the registry" in out.stderr

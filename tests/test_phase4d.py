@@ -1,10 +1,10 @@
-"""Phase 4D run as a DAG (dag.test) against the real server: approval from the CLI while the
-sensor waits, rejection, stale fingerprint, unplanned objects, late rows, backups that
-restore to identical checksums, and the completion report.
+"""Phase 4D against the real server: one full DAG run (approved from the command line while the
+sensor waits) whose cleaned database several tests inspect - backups that restore to identical
+checksums, the completion report - and the rollback DAG after it. Refusals (a failed 4C gate,
+a stale fingerprint, a rejection, unplanned objects, late rows) go through the engine functions
+and task bodies the DAG runs, on clones of the 4C stage.
 
-Setup: one database per module is migrated (4A/4B through the engine, 4C through its DAG
-when present) and cloned per test; one full 4D run is shared by the tests that inspect a
-cleaned database. Checksums here are computed test-side (table_md5), not by the engine.
+Checksums here are computed test-side (table_md5), not by the engine.
 """
 from __future__ import annotations
 
@@ -19,64 +19,34 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
-from consolidation.phases import backup, cleanup
+from consolidation import api
+from consolidation.airflow import tasks
+from consolidation.checks import gates as phases
 from consolidation.core import ledger
-from consolidation.core.plan import load_plan
+from consolidation.phases import backup, cleanup
 
-from conftest import REPO_ROOT, dbname_of
-from test_phase4ab import engine_4a, engine_4b, gate_4b, q, table_md5
+from conftest import REPO_ROOT
+from phase_helpers import EVERYTHING, PLAN, call_task, record_gate, snapshot, table_md5, task_context, task_db
 
-PLAN = load_plan()
 DAG = "phase4d_legacy_cleanup"
 FAST = {"approval_poke_seconds": 1, "approval_timeout_hours": 0.05}
 
 
-def snapshot(dsn: str, schemas) -> dict[str, tuple[str, int]]:
-    """{schema.table: (md5, rows)} of every table in the given schemas, the tool's tables excepted."""
-    with psycopg.connect(dsn) as conn:
-        names = [r[0] for r in conn.execute(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p') AND c.relname NOT LIKE 'consolidation\\_%%' "
-            "ORDER BY 1", (list(schemas),)).fetchall()]
-        return {n: table_md5(conn, n) for n in names}
-
-
 def cli(*args: str, dsn: str):
-    """`python -m consolidation ...` against `dsn` (like conftest's run_cli, usable from module fixtures)."""
+    """`python -m consolidation ...` against `dsn`: a separate process, like a person at a shell
+    while the DAG waits (usable from a thread and from module fixtures)."""
     env = dict(os.environ, CONSOLIDATION_DB_URL=dsn)
     return subprocess.run([sys.executable, "-m", "consolidation", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=180)
 
 
-def record_4c_gate(dsn: str) -> None:
-    with psycopg.connect(dsn) as conn:
-        ledger.record(conn, PLAN, status="success", run_id="test-4c", phase="4C", kind="gate", name="gate_4C",
-                      details={"plan_sha256": PLAN.sha256})
-        conn.commit()
-
-
-@pytest.fixture(scope="module")
-def template_4c(make_session_db, fixture_template, airflow_dags, run_dag) -> str:
-    """A database through 4A, 4B (engine) and 4C (its DAG when present); clone it per test."""
-    dsn = make_session_db(template=fixture_template)
-    engine_4a(dsn)
-    engine_4b(dsn)
-    gate_4b(dsn)
-    if "phase4c_service_updates" in airflow_dags.dags:
-        assert run_dag("phase4c_service_updates", dsn) == "success"
-    else:
-        record_4c_gate(dsn)
-    return dsn
-
-
 class Decider:
     """Decides on the cleanup request from another thread while dag.test() runs the sensor:
-    waits for a pending request, optionally changes the data first, then calls the CLI."""
+    waits for a pending request, then calls the CLI."""
 
-    def __init__(self, dsn, decision="approve", before=None, reason="reviewed the 4B gate and backups"):
-        self.dsn, self.decision, self.before, self.reason = dsn, decision, before, reason
+    def __init__(self, dsn, decision="approve", reason="reviewed the 4B gate and backups"):
+        self.dsn, self.decision, self.reason = dsn, decision, reason
         self.result = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -102,11 +72,8 @@ class Decider:
                 if time.monotonic() > deadline:
                     raise TimeoutError("no approval request appeared")
                 time.sleep(0.5)
-            if self.before:
-                with psycopg.connect(self.dsn) as conn:
-                    conn.execute(self.before)
-            self.result = cli(self.decision, "--by", "owner", "--reason", self.reason,
-                                       "--request", str(req), dsn=self.dsn)
+            self.result = cli(self.decision, "--by", "owner", "--reason", self.reason, "--request", str(req),
+                              dsn=self.dsn)
         except BaseException as exc:  # reported by the test
             self.error = exc
 
@@ -123,11 +90,25 @@ def legacy_intact(dsn, before) -> None:
         assert not ledger.rows(conn, PLAN, "phase = '4D' AND kind IN ('backup', 'ddl')")
 
 
+def approvals_table(dsn) -> str | None:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT to_regclass('operational.consolidation_approvals')").fetchone()[0]
+
+
+def poke(dsn: str, request_id: int):
+    """The DAG's approval sensor, poked once for `request_id` (as its task instance would)."""
+    from consolidation.airflow.sensors import CleanupApprovalSensor
+
+    sensor = CleanupApprovalSensor(task_id="wait_for_approval", request_task_id="open_request", validity_hours=24)
+    with task_db(dsn):
+        return sensor.poke(task_context(DAG, xcom={"open_request": request_id}))
+
+
 # ------------------------------------------------------------------ the full run
 @pytest.fixture(scope="module")
 def cleaned(template_4c, make_session_db, run_dag, tmp_path_factory):
-    """One full 4D run, approved from the CLI while the sensor waits."""
-    dsn = make_session_db(template=dbname_of(template_4c))
+    """One full 4D run on a copy of the 4C stage, approved from the CLI while the sensor waits."""
+    dsn = make_session_db(template=template_4c.name)
     before = snapshot(dsn, PLAN.legacy_schemas)
     targets_before = snapshot(dsn, PLAN.consolidated_schemas)
     out = tmp_path_factory.mktemp("4d")
@@ -138,6 +119,8 @@ def cleaned(template_4c, make_session_db, run_dag, tmp_path_factory):
     assert decider.result.returncode == 0, decider.result.stderr
     with psycopg.connect(dsn) as conn:
         run_id = ledger.latest(conn, PLAN, phase="4D", kind="gate", name="gate_4D")["run_id"]
+    for archive in (out / "backup").glob("*"):
+        archive.chmod(0o444)  # the rollback's clones restore from them, read-only
     return {"dsn": dsn, "state": state, "before": before, "targets_before": targets_before, "out": out,
             "run_id": run_id}
 
@@ -177,7 +160,7 @@ def test_backup_archives_are_recorded_readable_and_complete(cleaned):
     for schema, row in rows.items():
         d = row["details"]
         path = Path(d["path"])
-        assert path.parent == cleaned["out"] / "backup"
+        assert path.parent == cleaned["out"] / "backup"  # the run's backup_dir param
         assert backup.sha256_of(path) == d["sha256"] and path.stat().st_size == d["bytes"]
         # checksums recorded per table = the test's own checksums before the cleanup (same row count)
         assert {t: v["rows"] for t, v in d["tables"].items()} == \
@@ -191,7 +174,7 @@ def test_backup_archives_are_recorded_readable_and_complete(cleaned):
     assert {a["schema"]: a["sha256"] for a in manifest["archives"]} == {s: r["details"]["sha256"] for s, r in rows.items()}
 
 
-def test_backup_restores_to_identical_checksums(cleaned, fixture_template, make_db):
+def test_backup_restores_to_identical_checksums(cleaned, make_db):
     """The archives alone rebuild the legacy schemas in an empty database, equal to the fixture."""
     fresh = make_db()
     with psycopg.connect(cleaned["dsn"]) as conn:
@@ -208,7 +191,7 @@ def test_backup_restores_to_identical_checksums(cleaned, fixture_template, make_
 
 
 def test_report_lists_approval_gates_backups_and_is_self_contained(cleaned):
-    folder = cleaned["out"] / "report"
+    folder = cleaned["out"] / "report"  # the run's report_dir param
     md, page = (folder / "report.md").read_text(), (folder / "report.html").read_text()
     for text in (md, page):
         assert "owner" in text and "reviewed the 4B gate and backups" in text  # who and why
@@ -226,61 +209,113 @@ def test_report_lists_approval_gates_backups_and_is_self_contained(cleaned):
     assert not re.search(r"<link\b|<script\b", page, re.I)
 
 
-def test_report_cli_writes_the_same_report(cleaned, run_cli, tmp_path):
-    res = run_cli("report", "--out", str(tmp_path), dsn=cleaned["dsn"])
+def test_report_cli_writes_the_same_report(cleaned, make_db, cli, tmp_path):
+    from conftest import dbname_of
+
+    dsn = make_db(template=dbname_of(cleaned["dsn"]))  # the command records the report in the ledger
+    res = cli("report", "--out", str(tmp_path), dsn=dsn)
     assert res.returncode == 0, res.stderr
-    assert (tmp_path / "report.html").exists() and "gate_4D" in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert (tmp_path / "report.html").exists() and "gate_4D" in md and cleaned["run_id"] in md
+
+
+def test_rollback_dag_after_cleanup_gives_back_the_pre_phase4_database(cleaned, fixture_template, make_db, run_dag):
+    """phase4_rollback after a cleanup: the legacy schemas restored from the archives (each table
+    equal to its backup checksum), then 4A/4B undone: the database equals the pre-Phase-4 fixture,
+    table for table (the tool's own tables aside)."""
+    from conftest import dbname_of
+
+    dsn = make_db(template=dbname_of(cleaned["dsn"]))
+    assert run_dag("phase4_rollback", dsn) == "success"
+    fresh = make_db(template=fixture_template)
+    assert snapshot(dsn, EVERYTHING) == snapshot(fresh, EVERYTHING)
+    with psycopg.connect(dsn) as conn:
+        restores = ledger.rows(conn, PLAN, "kind = 'backup' AND name LIKE 'restore:%%'")
+        assert {r["target"]: r["status"] for r in restores} == {s: "success" for s in PLAN.legacy_schemas}
+        backed = backup.latest_backups(conn, PLAN, cleaned["run_id"])
+        for r in restores:  # checksums recorded after the restore = those recorded at backup time
+            assert r["details"]["tables"] == backed[r["target"]]["details"]["tables"]
+        row = ledger.rows(conn, PLAN, "kind = 'rollback'")[-1]
+        assert row["status"] == "success" and row["run_id"].startswith("manual__")
+
+
+def test_restore_only_keeps_the_consolidated_tables(cleaned, make_db):
+    """The rollback's tasks with restore_only=true: legacy schemas back, equal to their backup,
+    consolidated tables kept, 4A/4B not undone."""
+    from conftest import dbname_of
+
+    dsn = make_db(template=dbname_of(cleaned["dsn"]))
+    params = {"restore_only": True}
+    run = {"dag_id": "phase4_rollback", "run_id": "manual__restore_only", "params": params}
+    assessed = call_task(tasks.assess, dsn, **run)
+    assert set(assessed["needs_restore"]) == set(PLAN.legacy_schemas) and assessed["ddl"] > 0
+    call_task(tasks.restore_legacy, dsn, **run)
+    assert call_task(tasks.undo_migration, dsn, **run) == {"skipped": True}
+    assert snapshot(dsn, PLAN.legacy_schemas) == cleaned["before"]
+    assert snapshot(dsn, PLAN.consolidated_schemas) == cleaned["targets_before"]
+    with psycopg.connect(dsn) as conn:
+        restores = ledger.rows(conn, PLAN, "kind = 'backup' AND name LIKE 'restore:%%'")
+        assert {r["target"]: r["status"] for r in restores} == {s: "success" for s in PLAN.legacy_schemas}
+        backed = backup.latest_backups(conn, PLAN, cleaned["run_id"])
+        for r in restores:
+            assert r["details"]["tables"] == backed[r["target"]]["details"]["tables"]
+        assert not ledger.rows(conn, PLAN, "kind = 'rollback'")  # 4A/4B not undone
 
 
 # ------------------------------------------------------------------ refusals
-def test_4d_refuses_unless_the_latest_4c_gate_passed(template_4c, make_db, run_dag):
-    dsn = make_db(template=dbname_of(template_4c))
-    with psycopg.connect(dsn) as conn:  # a later 4C run whose gate failed
-        ledger.record(conn, PLAN, status="failed", message="gate 4C FAILED: 1 of 48 checks", run_id="r-4c-failed",
-                      phase="4C", kind="gate", name="gate_4C", details={"plan_sha256": PLAN.sha256})
-        conn.commit()
-    before = snapshot(dsn, PLAN.legacy_schemas)
-    assert run_dag(DAG, dsn, FAST) == "failed"
-    legacy_intact(dsn, before)
-    with psycopg.connect(dsn) as conn:
+def test_4d_refuses_unless_the_latest_4c_gate_passed(db_4c):
+    record_gate(db_4c, "4C", "failed", run_id="r-4c-failed", message="gate 4C FAILED: 1 of 48 checks")
+    before = snapshot(db_4c, PLAN.legacy_schemas)
+    with pytest.raises(phases.PhaseRefused, match=r"latest 4C gate \(run r-4c-failed"):
+        call_task(tasks.require_gate, db_4c, dag_id=DAG, phase="4D")  # the DAG's first task
+    legacy_intact(db_4c, before)
+    with psycopg.connect(db_4c) as conn:
         assert not ledger.rows(conn, PLAN, "phase = '4D'")  # refused before the inventory
-        assert conn.execute("SELECT to_regclass('operational.consolidation_approvals')").fetchone()[0] is None
+    assert approvals_table(db_4c) is None
 
 
-def test_stale_fingerprint_refuses(template_4c, make_db, run_dag):
-    dsn = make_db(template=dbname_of(template_4c))
-    change = "UPDATE backtesting.threshold_configurations SET threshold = threshold + 1 WHERE id = 3"
-    with Decider(dsn, before=change) as d:
-        assert run_dag(DAG, dsn, FAST) == "failed"
-    assert d.error is None and d.result.returncode == 0, d.result and d.result.stderr
-    req = request_rows(dsn)[-1]
+def test_stale_fingerprint_refuses_and_nothing_is_backed_up(db_4c, cli):
+    """The data changes after the request; the approval given on the old data is refused by
+    the sensor, and the backup task refuses the request too."""
+    request_id = call_task(tasks.open_request, db_4c, dag_id=DAG, run_id="manual__stale")
+    with psycopg.connect(db_4c) as conn:
+        conn.execute("UPDATE backtesting.threshold_configurations SET threshold = threshold + 1 WHERE id = 3")
+    out = cli("approve", "--by", "owner", "--reason", "reviewed the 4B gate and backups", "--request",
+              str(request_id), dsn=db_4c)
+    assert out.returncode == 0, out.stderr
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="copy__backtesting__threshold_configurations"):
+        poke(db_4c, request_id)
+    req = request_rows(db_4c)[-1]
     assert req["status"] == "refused" and "copy__backtesting__threshold_configurations" in req["refusal"]
-    with psycopg.connect(dsn) as conn:
+    with pytest.raises(RuntimeError, match="not approved; nothing is backed up or dropped"):
+        call_task(tasks.backup, db_4c, dag_id=DAG, run_id="manual__stale", xcom={"open_request": request_id})
+    with psycopg.connect(db_4c) as conn:
         assert conn.execute("SELECT count(*) FROM backtesting.threshold_configurations").fetchone()[0] == 12
         assert not ledger.rows(conn, PLAN, "phase = '4D' AND kind IN ('backup', 'ddl')")
 
 
-def test_unplanned_table_blocks_before_asking_and_survives(template_4c, make_db, run_dag):
-    dsn = make_db(template=dbname_of(template_4c))
-    with psycopg.connect(dsn) as conn:
+def test_unplanned_table_blocks_before_asking_and_survives(db_4c):
+    with psycopg.connect(db_4c) as conn:
         conn.execute("CREATE TABLE backtesting.keep_me (id int PRIMARY KEY, note text)")
         conn.execute("INSERT INTO backtesting.keep_me VALUES (1, 'not in the plan')")
-    before = snapshot(dsn, PLAN.legacy_schemas)
-    assert run_dag(DAG, dsn, FAST) == "failed"
-    legacy_intact(dsn, before)
-    with psycopg.connect(dsn) as conn:
+    before = snapshot(db_4c, PLAN.legacy_schemas)
+    with pytest.raises(cleanup.CleanupBlocked, match="backtesting.keep_me"):
+        call_task(tasks.preflight, db_4c, dag_id=DAG, params=FAST)
+    legacy_intact(db_4c, before)
+    with psycopg.connect(db_4c) as conn:
         assert conn.execute("SELECT note FROM backtesting.keep_me").fetchall() == [("not in the plan",)]
         inv = ledger.rows(conn, PLAN, "phase = '4D' AND name = 'inventory_4D'")[-1]
         assert inv["status"] == "failed"
         assert any(f["object"] == "backtesting.keep_me" for f in inv["details"]["findings"])
-        assert conn.execute("SELECT to_regclass('operational.consolidation_approvals')").fetchone()[0] is None or \
-            not request_rows(dsn)
+    assert approvals_table(db_4c) is None or not request_rows(db_4c)
 
 
-def test_object_appearing_after_the_check_stops_the_drop(template_4c, make_db, tmp_path):
+def test_object_appearing_after_the_check_stops_the_drop(db_4c, tmp_path):
     """Between the backup and the drop: an unplanned table in the schema, then an unplanned view
     elsewhere reading a legacy table; each stops that schema's drop, named, nothing dropped."""
-    dsn = make_db(template=dbname_of(template_4c))
+    dsn = db_4c
     with pytest.raises(backup.BackupFailed, match="changed since the cleanup was approved"):
         backup.take_backup(dsn, PLAN, tmp_path / "refused", run_id="race", user="test", expected_fingerprint="0" * 64)
     assert not list((tmp_path / "refused").glob("*.dump"))  # nothing dumped for data nobody approved
@@ -317,8 +352,9 @@ def test_public_is_kept_unless_the_plan_drops_it(template_4c, make_db, tmp_path)
     raw = yaml.safe_load(open(config.DEFAULT_PLAN))
     raw["legacy_schemas"]["public"]["drop_schema"] = True
     dropping = parse_plan(raw)
+    targets = snapshot(template_4c.dsn, PLAN.consolidated_schemas)
     for plan, kept in ((PLAN, True), (dropping, False)):
-        dsn = make_db(template=dbname_of(template_4c))
+        dsn = make_db(template=template_4c.name)
         backup.take_backup(dsn, plan, tmp_path / str(kept), run_id="pub", user="test")
         with psycopg.connect(dsn) as conn:
             rows = backup.latest_backups(conn, plan, "pub")
@@ -330,72 +366,78 @@ def test_public_is_kept_unless_the_plan_drops_it(template_4c, make_db, tmp_path)
                 assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"
                                     ).fetchone()[0] == 0
             assert conn.execute("SELECT to_regnamespace('tracking')").fetchone()[0] is None
-            assert snapshot(dsn, PLAN.consolidated_schemas) == snapshot(template_4c, PLAN.consolidated_schemas)
+        assert snapshot(dsn, PLAN.consolidated_schemas) == targets
 
 
-def test_late_row_blocks_and_is_named(template_4c, make_db, run_dag):
-    dsn = make_db(template=dbname_of(template_4c))
-    with psycopg.connect(dsn) as conn:
-        conn.execute("INSERT INTO tracking.strategy_integration_log (strategy_name, action, logged_at) "
-                     "VALUES ('late_writer', 'still writing to the old name', now())")
-    before = snapshot(dsn, PLAN.legacy_schemas)
-    assert run_dag(DAG, dsn, FAST) == "failed"
-    legacy_intact(dsn, before)
-    with psycopg.connect(dsn) as conn:
+LATE_ROW = ("INSERT INTO tracking.strategy_integration_log (strategy_name, action, logged_at) "
+            "VALUES ('late_writer', 'still writing to the old name', now())")
+
+
+def test_late_row_blocks_and_is_named(db_4c):
+    with psycopg.connect(db_4c) as conn:
+        conn.execute(LATE_ROW)
+    before = snapshot(db_4c, PLAN.legacy_schemas)
+    with pytest.raises(cleanup.CleanupBlocked, match="resync_late_rows=true"):
+        call_task(tasks.preflight, db_4c, dag_id=DAG, params=FAST)  # resync_late_rows defaults to false
+    legacy_intact(db_4c, before)
+    with psycopg.connect(db_4c) as conn:
         late = ledger.rows(conn, PLAN, "phase = '4D' AND name = 'late_rows'")[-1]
         assert late["status"] == "failed"
         assert "tracking.strategy_integration_log: 1 row(s) not in operational.strategy_integration_log" in late["message"]
         assert [r["step"] for r in late["details"]["late"]] == ["copy__tracking__strategy_integration_log"]
         assert conn.execute("SELECT count(*) FROM operational.strategy_integration_log").fetchone()[0] == 138
+    assert approvals_table(db_4c) is None
 
 
-def test_late_row_resynced_then_rejection_ends_the_run(template_4c, make_db, run_dag):
+def test_late_row_resynced_then_rejection_ends_the_wait(db_4c, cli):
     """resync_late_rows=true: the 4B step runs again, the reconciliation is re-proven, and the
-    request's fingerprint is the re-synced data's. Then the owner rejects: the run ends at the
-    sensor's next poke (long before its timeout) and nothing is backed up or dropped."""
-    dsn = make_db(template=dbname_of(template_4c))
-    with psycopg.connect(dsn) as conn:
-        conn.execute("INSERT INTO tracking.strategy_integration_log (strategy_name, action, logged_at) "
-                     "VALUES ('late_writer', 'still writing to the old name', now())")
-    before = snapshot(dsn, PLAN.legacy_schemas)
-    with Decider(dsn, decision="reject", reason="the services team is not ready") as d:
-        assert run_dag(DAG, dsn, FAST | {"resync_late_rows": True, "approval_timeout_hours": 1}) == "failed"
-    assert d.error is None and d.result.returncode == 0, d.result and d.result.stderr
-    legacy_intact(dsn, before)
-    from consolidation.phases.approvals import fingerprint
+    request's fingerprint is the re-synced data's. Then the owner rejects: the sensor fails at
+    its next poke (long before any timeout) and the backup refuses; nothing is backed up or dropped."""
+    from airflow.sdk.exceptions import AirflowFailException
+
     from consolidation.checks.reconcile import digest
-    with psycopg.connect(dsn) as conn:
+    from consolidation.phases.approvals import fingerprint
+
+    with psycopg.connect(db_4c) as conn:
+        conn.execute(LATE_ROW)
+    before = snapshot(db_4c, PLAN.legacy_schemas)
+    run = {"dag_id": DAG, "run_id": "manual__resync", "params": FAST | {"resync_late_rows": True}}
+    out = call_task(tasks.preflight, db_4c, **run)
+    assert out["resynced"] == ["copy__tracking__strategy_integration_log"]
+    request_id = call_task(tasks.open_request, db_4c, **run)
+    assert poke(db_4c, request_id) is False  # pending: the sensor waits
+    res = cli("reject", "--by", "owner", "--reason", "the services team is not ready", "--request", str(request_id),
+              dsn=db_4c)
+    assert res.returncode == 0, res.stderr
+    with pytest.raises(AirflowFailException, match="rejected by owner.*the services team is not ready"):
+        poke(db_4c, request_id)
+    with pytest.raises(RuntimeError, match="is rejected, not approved; nothing is backed up or dropped"):
+        call_task(tasks.backup, db_4c, xcom={"open_request": request_id}, **run)
+    legacy_intact(db_4c, before)
+    with psycopg.connect(db_4c) as conn:
         assert table_md5(conn, "tracking.strategy_integration_log") == table_md5(conn, "operational.strategy_integration_log")
         step = ledger.rows(conn, PLAN, "phase = '4B' AND kind = 'step' AND name = 'copy__tracking__strategy_integration_log'")[-1]
-        assert step["status"] == "success" and step["run_id"].startswith("manual__") and step["rows_inserted"] == 1
+        assert step["status"] == "success" and step["run_id"] == "manual__resync" and step["rows_inserted"] == 1
         assert ledger.latest(conn, PLAN, phase="4D", kind="gate", name="reconcile_4D")["status"] == "success"
-        req = request_rows(dsn)[-1]
+        req = request_rows(db_4c)[-1]
         assert req["fingerprint"] == fingerprint(PLAN, digest(conn, PLAN))
         assert (req["status"], req["decided_by"], req["reason"]) == ("rejected", "owner", "the services team is not ready")
-        # the sensor failed on the rejection (not on its one-hour timeout), and nothing ran after it
         states = dict(conn.execute(
             "SELECT name, status FROM operational.consolidation_ledger WHERE run_id = %s", (req["run_id"],)).fetchall())
         assert "gate_4D" not in states and "report" not in states
 
 
-def test_rollback_after_cleanup_restores_then_undoes(cleaned, fixture_template, make_db, run_dag):
-    """phase4_rollback after a cleanup: first restore_only (legacy schemas back from the archives,
-    equal to their backup checksums, consolidated tables kept), then the full rollback: the
-    database equals the pre-Phase-4 fixture, table for table (the tool's own tables aside)."""
-    dsn = make_db(template=dbname_of(cleaned["dsn"]))
-    assert run_dag("phase4_rollback", dsn, {"restore_only": True}) == "success"
-    assert snapshot(dsn, PLAN.legacy_schemas) == cleaned["before"]
-    assert snapshot(dsn, PLAN.consolidated_schemas) == cleaned["targets_before"]
-    with psycopg.connect(dsn) as conn:
-        restores = ledger.rows(conn, PLAN, "kind = 'backup' AND name LIKE 'restore:%%'")
-        assert {r["target"]: r["status"] for r in restores} == {s: "success" for s in PLAN.legacy_schemas}
-        backed = backup.latest_backups(conn, PLAN, cleaned["run_id"])
-        for r in restores:  # checksums recorded after the restore = those recorded at backup time
-            assert r["details"]["tables"] == backed[r["target"]]["details"]["tables"]
-        assert not ledger.rows(conn, PLAN, "kind = 'rollback'")  # 4A/4B not undone yet
-    assert run_dag("phase4_rollback", dsn) == "success"
-    everything = list(PLAN.legacy_schemas) + list(PLAN.consolidated_schemas)
-    fresh = make_db(template=fixture_template)
-    assert snapshot(dsn, everything) == snapshot(fresh, everything)
-    with psycopg.connect(dsn) as conn:
-        assert ledger.rows(conn, PLAN, "kind = 'rollback'")[-1]["status"] == "success"
+def test_the_dag_waits_for_the_approval_before_anything_destructive(dag_bag):
+    """What makes a refusal above end the run: every destructive task is downstream of the sensor
+    and runs only when everything before it succeeded (default trigger rule), without retries."""
+    dag = dag_bag.dags[DAG]
+    assert dag.get_task("require_4C_gate").upstream_task_ids == set()
+    assert dag.get_task("wait_for_approval").upstream_task_ids == {"open_request"}
+    assert dag.get_task("wait_for_approval").mode == "reschedule"
+    destructive = [t for t in dag.tasks if t.task_id == "backup" or t.task_id.endswith(".drop")]
+    assert len(destructive) == 1 + len(PLAN.legacy_schemas)
+    for t in destructive:
+        assert "wait_for_approval" in t.get_flat_relative_ids(upstream=True), t.task_id
+        assert t.trigger_rule == "all_success" and t.retries == 0, t.task_id
+    for t in dag.tasks:
+        assert t.trigger_rule == "all_success", t.task_id

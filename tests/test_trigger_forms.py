@@ -11,9 +11,6 @@ reason) is deliberately required and is not flagged.
 from __future__ import annotations
 
 import pytest
-from airflow.models.dagbag import DagBag
-
-from conftest import REPO_ROOT
 
 
 def _types(schema: dict) -> set[str]:
@@ -22,10 +19,8 @@ def _types(schema: dict) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def bag() -> DagBag:
-    dags = DagBag(str(REPO_ROOT / "dags"))
-    assert not dags.import_errors, dags.import_errors
-    return dags
+def bag(dag_bag):
+    return dag_bag
 
 
 def test_no_form_is_blocked_by_an_empty_optional_field(bag):

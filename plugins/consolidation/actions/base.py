@@ -1,23 +1,178 @@
-"""The interface every step action implements, and the SQL pieces they share."""
+"""The interface every step action implements, and the SQL pieces they share.
+
+An action is everything the engine knows about one kind of step (pgroll's one file per
+operation): adding an action is one module here plus one line in actions/__init__.py.
+Core code (the plan parser, the spec derivation) reaches an action through the registry
+in core.plan (`action_of(step)`), filled by consolidation.actions; upper layers use
+`consolidation.actions.action_for(step)`. Nothing outside actions/ branches on a step's
+action name. The contract, by phase (defaults here are copy's behaviour):
+
+plan (validate the step, core.plan)
+    name, in_plan          registry name; in_plan: usable as `action:` (False for a variant)
+    described_as           its steps in messages ("`key` applies to merge steps only")
+    plan_keys              step keys it accepts besides the common ones (source, action, rows,
+                           object, view_mode, quarantine_threshold); any other is refused,
+                           naming the step and the key (`refused_key`, or who accepts it)
+    required_keys          keys it needs, refused with `missing_key(...)` when absent or empty
+    resolve(step)          the action that handles this step (copy of a view with view_mode:
+                           recreate -> recreate_view); raises PlanError when none can
+    parse(step, entry, label)   its own keys into the Step (PlanError naming the step)
+    shared_target_rule,    how several steps may feed one target (None: they may not)
+    shared_target_problem(target, steps)
+    catalog_problems(step, source_columns, target_columns, catalog)   against an existing target
+target (spec, core.spec, 4A)
+    has_target             False: no target, no 4A/4B/4C part (delete)
+    flows(conn, catalog, step, existing)   the target columns and how each is computed
+    fill_spec(...)         a target's columns, key and constraints (first step's action);
+                           target_key(spec, existing) and new_target(...) are its parts
+    fk_columns / fk_problem    how a foreign key to its source is re-pointed at its target
+    checks_flow_type(step, column), requires_every_column   compare_existing's tolerances
+moves (4B, phases.migrate: start / complete)
+    moves_rows, verify_path    False: 4B only verifies it (StepResult.path = verify_path)
+    validate(step, spec)   problems that make the step impossible against the specs
+    pre_statements / statement   the SQL moving its rows (one statement, set-based or per row)
+    upstream(plan, step)   steps that must run first besides foreign-key parents
+proves (checks.reconcile, checks.gate_4b)
+    compared_columns, target_filter, projection(plan, step, spec)   what reconcile compares
+    compared_description   the rows_present check's "hashed over ..." words
+    owns_target_rows(step, spec)   True: the step gets no_unexpected_rows
+    gate_checks(plan, step, spec, source_side)   its own row checks: (name, description, query)
+registers (phases.registry, 4C) and is inventoried (checks.inventory)
+    registry_columns(step, spec, source), registry_filter(conn, step, spec, source)
+    inventory_notes(step, target_relation)   informational findings: (code, message)
+rollback
+    undo_note(step, spec)  how to undo it, in words
+"""
 from __future__ import annotations
 
 from psycopg import sql
 
+from consolidation.core.catalog import row_hash_of
 from consolidation.core.ledger import tool_ident
-from consolidation.core.plan import Plan, Step
-from consolidation.core.spec import Flow, TargetSpec, source_ident
+from consolidation.core.plan import Plan, PlanError, Step, action_of
+from consolidation.core.spec import (ColumnSpec, Flow, TargetSpec, flows_for, resolve_type, source_ident,
+                                     source_relation)
+
+TARGET_KEYS = frozenset({"target", "columns", "add_columns", "ignore", "freshness"})
+
+
+class ActionError(RuntimeError):
+    """An action cannot answer for a step (e.g. no column tells a merge source's rows apart)."""
 
 
 class Action:
     name = "?"
-    moves_rows = True
+    in_plan = True
+    described_as = "?"  # in "`key` applies to merge steps only"
 
-    # -- validate ---------------------------------------------------------
+    # -- plan -----------------------------------------------------------------
+    plan_keys: frozenset[str] = TARGET_KEYS
+    required_keys: tuple[str, ...] = ("target",)
+    shared_target_rule: str | None = None  # e.g. "all `union` (...)": several steps may feed one target
+
+    def resolve(self, step: Step) -> "Action":
+        """The action handling `step`; a recreated view is copy's (its variant recreate_view)."""
+        if step.is_recreated_view:
+            raise PlanError(f"{step.label}: a recreated view must use action copy")
+        return self
+
+    def refused_key(self, label: str, key: str) -> str | None:
+        """Message refusing a key this action does not accept (None: the parser says who accepts it)."""
+        return None
+
+    def missing_key(self, step: Step, label: str, key: str) -> str:
+        if key == "target":
+            return f"{label}: action {step.action} needs a `target` (schema.table)"
+        return f"{label}: action {step.action} needs `{key}`"
+
+    def parse(self, step: Step, entry: dict, label: str) -> None:
+        """Read this action's own keys from the plan entry into `step`."""
+
+    def shared_target_problem(self, target: str, steps: list[Step]) -> str | None:
+        """When every step feeding `target` is this action: what is wrong (None: fine)."""
+        return None
+
+    def catalog_problems(self, step: Step, src_cols: dict, tgt_cols: dict, catalog) -> list[str]:
+        """The step against a target that exists: every mapped column has a place, every source column a home."""
+        problems = []
+        known = set(tgt_cols) | set(step.add_columns)
+        for col in list(step.columns) + list(step.key):
+            if col not in known:
+                problems.append(
+                    f"{step.label}: maps to {step.target}.{col}, which does not exist; "
+                    f"fix the name or declare it under add_columns (existing: {', '.join(sorted(tgt_cols))})")
+        mapped = step.mapped_source_columns() | set(step.key.values()) | self.kept_source_columns(step, catalog)
+        for col in src_cols:
+            if col in mapped or col in step.ignore or col in known:
+                continue
+            problems.append(
+                f"{step.label}: source column {step.source}.{col} has no column in {step.target}; "
+                "map it under `columns`, add it with add_columns, or list it under `ignore` with a reason")
+        return problems
+
+    def kept_source_columns(self, step: Step, catalog) -> set[str]:
+        """Source columns that live on in the target without a column of their own name."""
+        return set()
+
+    # -- target (spec) ------------------------------------------------------------
+    has_target = True
+    requires_every_column = True  # an existing target's NOT NULL columns must all be filled
+
+    def flows(self, conn, catalog, step: Step, existing=None) -> list[Flow]:
+        """Target columns of the step and how each is computed from the source row."""
+        return column_flows(conn, step, source_relation(catalog, step), existing)
+
+    def fill_spec(self, conn, plan: Plan, catalog, spec: TargetSpec, existing) -> None:
+        """Columns, key and constraints of `spec` (called on its first step's action)."""
+        for step in spec.steps:
+            spec.flows[step.name] = flows_for(conn, catalog, step, existing)
+            spec.source_pks[step.name] = source_relation(catalog, step).primary_key
+        # The key identifies, in target terms, which source row a target row came from.
+        spec.key = self.target_key(spec, existing)
+        if spec.exists:
+            spec.columns = [ColumnSpec(c.name, c.type, c.not_null, c.default, bool(c.identity))
+                            for c in existing.columns.values()]
+            spec.primary_key = list(existing.primary_key)
+            return
+        self.new_target(conn, plan, catalog, spec)
+
+    def target_key(self, spec: TargetSpec, existing) -> list[str]:
+        """The source's primary key, renamed; else the existing target's primary key."""
+        first = spec.steps[0]
+        rename = {f.source: f.target for f in spec.flows[first.name] if f.source}
+        pk = spec.source_pks[first.name]
+        if pk and all(c in rename for c in pk):
+            return [rename[c] for c in pk]
+        if existing is not None:
+            return list(existing.primary_key)
+        return []
+
+    def new_target(self, conn, plan: Plan, catalog, spec: TargetSpec) -> None:
+        """Columns and constraints of a target 4A creates."""
+        raise NotImplementedError(f"{self.name} creates no target")
+
+    def fk_columns(self, step: Step, spec: TargetSpec | None, columns: list[str]) -> list[str | None] | None:
+        """Target columns holding the source's `columns` (None inside: not migrated), for a
+        foreign key that referenced this step's source; None: not migrated one-to-one."""
+        rename = {f.source: f.target for f in spec.flows.get(step.name, []) if f.source}
+        return [rename.get(c) for c in columns]
+
+    def fk_problem(self, step: Step, spec: TargetSpec, columns: list[str]) -> str | None:
+        """Why a foreign key may not point at these target columns (None: it may)."""
+        return None
+
+    def checks_flow_type(self, step: Step, column: str) -> bool:
+        """Whether an existing target's type of `column` must equal the flow's type."""
+        return True
+
+    # -- moves (4B) ---------------------------------------------------------------
+    moves_rows = True
+    verify_path = ""  # StepResult.path of a step that moves nothing
+
     def validate(self, step: Step, spec: TargetSpec | None) -> list[str]:
         """Problems that make the step impossible against the virtual schema."""
         return []
 
-    # -- sql ----------------------------------------------------------------
     def pre_statements(self, plan: Plan, step: Step, spec: TargetSpec) -> list[sql.Composable]:
         """Statements run once before the rows move (same transaction)."""
         return []
@@ -32,7 +187,13 @@ class Action:
         """
         raise NotImplementedError
 
-    # -- verify ---------------------------------------------------------------
+    def upstream(self, plan: Plan, step: Step) -> list[Step]:
+        """Steps that must have run before this one (besides those filling its foreign keys' tables)."""
+        return []
+
+    # -- proves (reconcile, 4B gate) ------------------------------------------------
+    compared_description = "all mapped columns"
+
     def compared_columns(self, step: Step, spec: TargetSpec) -> list[Flow]:
         """The target columns whose values must equal the source's."""
         return spec.flows[step.name]
@@ -43,12 +204,88 @@ class Action:
             return key_in(spec, source_rows)
         return sql.SQL("TRUE")
 
-    # -- undo -----------------------------------------------------------------
+    def projection(self, plan: Plan, step: Step, spec: TargetSpec) -> tuple[sql.Composed, sql.Composed, list[str]]:
+        """(source side, target side, key) that reconciliation compares row by row.
+
+        Each side is `SELECT <key...>, h`: the key columns plus a 64-bit hash of the compared columns,
+        both cast to the target's types; the source without its quarantined rows, the target
+        restricted to the rows of this step.
+        """
+        types = {f.target: f.type for f in spec.flows[step.name]}
+        cmp_cols = [f.target for f in self.compared_columns(step, spec)]
+        key = list(spec.key)
+        rows = projected_source(step, spec, source_ident(step), not_quarantined(plan, step))
+        key_sel = sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier("r", k)) for k in key)
+        src = sql.SQL("SELECT {}{} AS h FROM ({}) AS r").format(key_sel, row_hash(cmp_cols, "r", types), rows)
+        tkey_sel = sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier("t", k)) for k in key)
+        tgt = sql.SQL("SELECT {}{} AS h FROM {} AS t WHERE {}").format(
+            tkey_sel, row_hash(cmp_cols, "t", types), spec.ident, self.target_filter(step, spec, rows))
+        return src, tgt, key
+
+    def owns_target_rows(self, step: Step, spec: TargetSpec) -> bool:
+        """True when every row of the target (of this step) must come from its source: the 4B
+        gate then also proves no_unexpected_rows (no duplicates, no altered rows)."""
+        return not spec.exists_before_plan and len(spec.steps) == 1
+
+    def gate_checks(self, plan: Plan, step: Step, spec: TargetSpec,
+                    source_side: sql.Composable) -> list[tuple[str, str, sql.Composable]]:
+        """This action's own 4B row checks, as (name, description, query returning the offending rows)."""
+        threshold = step.quarantine_threshold
+        return [("quarantine_within_threshold", f"quarantined rows of {step.source} <= {threshold}", sql.SQL(
+            "SELECT step, count(*) AS quarantined, min(reason) AS first_reason FROM {q} WHERE step = {n} "
+            "GROUP BY step HAVING count(*) > {t}").format(
+            q=tool_ident(plan, "quarantine"), n=sql.Literal(step.name), t=sql.Literal(threshold)))]
+
+    # -- registers (4C), inventory ----------------------------------------------------
+    def registry_columns(self, step: Step, spec: TargetSpec, source) -> dict[str, tuple[str, object]]:
+        """Legacy column -> (target column, default) the registry offers under the legacy name:
+        the columns 4B proves equal to the source."""
+        by_legacy: dict[str, tuple[str, object]] = {}
+        for f in self.compared_columns(step, spec):
+            if f.source and f.provenance is None:
+                by_legacy.setdefault(f.source, (f.target, f.default))
+        return by_legacy
+
+    def registry_filter(self, conn, step: Step, spec: TargetSpec, source) -> tuple[str, str, str | None] | None:
+        """(column, op, value) selecting the step's rows in a shared target (None: all rows)."""
+        return None
+
+    def inventory_notes(self, step: Step, target) -> list[tuple[str, str]]:
+        """Informational findings (code, message) about the step's target as the catalog has it."""
+        return []
+
+    # -- rollback ------------------------------------------------------------------------
     def undo_note(self, step: Step, spec: TargetSpec) -> str:
         return ""
 
 
 # ---------------------------------------------------------------------------
+def column_flows(conn, step: Step, rel, existing, skip: set[str] = frozenset()) -> list[Flow]:
+    """One flow per source column (renamed or cast by the plan's `columns`, minus `ignore`d
+    and `skip`ped ones), then the plan's columns filled by a default only."""
+    flows: list[Flow] = []
+    by_source = {m.source: m for m in step.columns.values() if m.source}
+    for col in rel.columns.values():
+        if col.name in step.ignore:
+            continue
+        m = by_source.get(col.name)
+        if col.name in skip and m is None:
+            continue
+        cast = resolve_type(conn, m.cast, step.label) if m and m.cast else None
+        flows.append(Flow(m.target if m else col.name, cast or col.type, col.name, cast, m.default if m else None))
+    for m in step.columns.values():
+        if m.source is None:
+            typ = existing.columns[m.target].type if existing is not None and m.target in existing.columns else "text"
+            flows.append(Flow(m.target, typ, None, None, m.default))
+    return flows
+
+
+def row_hash(cols: list[str], alias: str, types: dict[str, str]) -> sql.Composed:
+    """The 64-bit hash (core.catalog.row_hash_of) of the compared columns, cast to the target's types."""
+    return row_hash_of(sql.SQL("ROW({})::text").format(sql.SQL(", ").join(
+        sql.SQL("CAST({} AS {})").format(sql.Identifier(alias, c), sql.SQL(types[c])) for c in cols)))
+
+
 def projected_source(step: Step, spec: TargetSpec, source: sql.Composable,
                      where: sql.Composable | None = None) -> sql.Composed:
     """SELECT of the source rows in target terms: one column per flow, named as in the target."""
@@ -101,5 +338,5 @@ def undo_inserts(plan: Plan, step: Step, spec: TargetSpec, run_id: str, cte: str
         tgt=sql.Literal(spec.qualified), k=key_json(spec, "i"), cte=sql.Identifier(cte))
 
 
-__all__ = ["Action", "projected_source", "not_quarantined", "key_match", "key_in", "column_list",
-           "key_json", "undo_inserts", "source_ident"]
+__all__ = ["Action", "ActionError", "TARGET_KEYS", "action_of", "column_flows", "row_hash", "projected_source",
+           "not_quarantined", "key_match", "key_in", "column_list", "key_json", "undo_inserts", "source_ident"]

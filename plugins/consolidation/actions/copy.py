@@ -1,15 +1,25 @@
-"""copy: every source row lands once in its target (a new table, or an existing one)."""
+"""copy: every source row lands once in its target (a new table, or an existing one).
+
+A copy of a legacy view snapshots its rows into a table; a view with view_mode: recreate
+is handled by its variant, recreate_view (the plan still says `action: copy`).
+"""
 from __future__ import annotations
 
 from psycopg import sql
 
-from consolidation.core.plan import Plan, Step
-from consolidation.core.spec import TargetSpec
+from consolidation.core.plan import Plan, Step, named_action
+from consolidation.core.spec import ColumnSpec, TargetSpec, carry_table_details, portable_default, source_relation
 from consolidation.actions.base import Action, column_list, key_match, projected_source, undo_inserts
 
 
 class CopyAction(Action):
     name = "copy"
+    described_as = "copy steps"
+
+    def resolve(self, step: Step) -> Action:
+        if step.is_recreated_view:
+            return named_action("recreate_view")
+        return self
 
     def validate(self, step: Step, spec: TargetSpec | None) -> list[str]:
         if spec is None:
@@ -18,6 +28,28 @@ class CopyAction(Action):
             return [f"{step.label}: {step.source} has no primary key and {spec.qualified} is not fed by this step "
                     "alone, so re-runs could not tell which rows already moved; give the source a primary key"]
         return []
+
+    def new_target(self, conn, plan: Plan, catalog, spec: TargetSpec) -> None:
+        """The source's shape: identity keys, portable defaults, and (for a table) its
+        unique and check constraints and indexes, renamed; a view snapshot becomes a table."""
+        step = spec.steps[0]
+        rel = source_relation(catalog, step)
+        rename = {f.source: f.target for f in spec.flows[step.name] if f.source}
+        for f in spec.flows[step.name]:
+            src = rel.columns.get(f.source) if f.source else None
+            col = ColumnSpec(f.target, f.type, bool(src and src.not_null))
+            if src is not None and (src.identity or (src.default and "nextval(" in src.default)):
+                col.identity = True
+            elif src is not None and src.default:
+                col.default = portable_default(src.default, plan, spec, step)
+            elif f.default is not None:
+                col.not_null = False
+            spec.columns.append(col)
+        spec.primary_key = list(spec.key)
+        if step.object == "view":
+            spec.notes.append(f"snapshot of view {step.source}: its rows are copied into a table")
+            return
+        carry_table_details(conn, spec, step, rename)
 
     def pre_statements(self, plan: Plan, step: Step, spec: TargetSpec) -> list[sql.Composable]:
         if spec.key:

@@ -10,24 +10,95 @@ from __future__ import annotations
 from psycopg import sql
 
 from consolidation.core.ledger import tool_ident
-from consolidation.actions.base import Action, column_list, key_json, key_match, projected_source, undo_inserts
+from consolidation.core.plan import PlanError
+from consolidation.core.spec import Flow, resolve_type, source_relation
+from consolidation.actions.base import (TARGET_KEYS, Action, ActionError, column_list, key_in, key_json, key_match,
+                                        projected_source, undo_inserts)
 
 
 class MergeAction(Action):
     name = "merge"
+    described_as = "merge steps"
+    plan_keys = TARGET_KEYS | {"key", "enrich"}
+    required_keys = ("target", "key")
+    shared_target_rule = "all `merge` on a business key"
 
+    # -- plan ---------------------------------------------------------------------
+    def missing_key(self, step, label, key):
+        if key == "key":
+            return f"{label}: a merge needs `key`: the business key as {{target_column: source_column}}"
+        return super().missing_key(step, label, key)
+
+    def parse(self, step, entry, label):
+        key = entry.get("key")
+        if not isinstance(key, dict) or not key:
+            raise PlanError(self.missing_key(step, label, "key"))
+        step.key = {str(k): str(v) for k, v in key.items()}
+        enrich = entry.get("enrich") or []
+        if not isinstance(enrich, list):
+            raise PlanError(f"{label}: `enrich` must list target columns the merge may set")
+        for col in enrich:
+            if col not in step.columns:
+                raise PlanError(
+                    f"{label}: enrich column {col!r} is not mapped; add it under `columns` "
+                    "(target_column: source_column)")
+        step.enrich = list(enrich)
+
+    # -- target -------------------------------------------------------------------
+    # A merge only inserts source rows that match no target row; such a row missing a
+    # required column is quarantined with its reason, so it need not fill them all.
+    requires_every_column = False
+
+    def flows(self, conn, catalog, step, existing=None):
+        """The business key, then the mapped columns, typed as the target has them (or as added)."""
+        rel = source_relation(catalog, step)
+        flows: list[Flow] = []
+        pairs = [(t, s, None, None) for t, s in step.key.items()]
+        pairs += [(m.target, m.source, m.cast, m.default) for m in step.columns.values()]
+        for tcol, scol, cast_text, default in pairs:
+            src = rel.columns.get(scol) if scol else None
+            cast = resolve_type(conn, cast_text, step.label) if cast_text else None
+            if tcol in step.add_columns:
+                typ = resolve_type(conn, step.add_columns[tcol].type, step.label)
+            elif existing is not None and tcol in existing.columns:
+                typ = existing.columns[tcol].type
+            else:
+                typ = cast or (src.type if src else "text")
+            flows.append(Flow(tcol, typ, scol, cast, default))
+        return flows
+
+    def target_key(self, spec, existing):
+        return list(spec.steps[0].key)
+
+    def new_target(self, conn, plan, catalog, spec):
+        first = spec.steps[0]
+        raise PlanError(f"{first.label}: merge target {first.target} does not exist; a merge enriches an "
+                        "existing table: create it first or use action copy")
+
+    def fk_columns(self, step, spec, columns):
+        rename = {f.source: f.target for f in spec.flows.get(step.name, []) if f.source}
+        rename.update({s: t for t, s in step.key.items()})
+        return [rename.get(c) for c in columns]
+
+    def fk_problem(self, step, spec, columns):
+        if len(columns) == 1 and columns[0] in step.add_columns and step.add_columns[columns[0]].unique:
+            return None
+        if columns == spec.primary_key or columns in spec.uniques:
+            return None
+        return f"{step.target}({', '.join(columns)}) is not unique; declare it `unique: true` under add_columns"
+
+    def checks_flow_type(self, step, column):
+        return column not in step.add_columns  # typed by add_columns, compared with it by 4A
+
+    # -- moves ----------------------------------------------------------------------
     def validate(self, step, spec):
         if spec is None or not spec.exists_before_plan:
             return [f"{step.label}: merge target {step.target} must exist before the plan runs"]
         return []
 
-    def compared_columns(self, step, spec):
-        keep = set(step.key) | set(step.enrich)
-        return [f for f in spec.flows[step.name] if f.target in keep]
-
-    def target_filter(self, step, spec, source_rows):
-        from consolidation.actions.base import key_in
-        return key_in(spec, source_rows)
+    def upstream(self, plan, step):
+        same = plan.steps_into(step.target)
+        return same[: same.index(step)]  # earlier merges into the same target first
 
     def statement(self, plan, step, spec, source, run_id):
         flows = spec.flows[step.name]
@@ -81,6 +152,65 @@ class MergeAction(Action):
             t=spec.ident, match=key_match(spec, "t", "r"))
         return sql.SQL("WITH {} SELECT (SELECT count(*) FROM ins), {}").format(sql.SQL(", ").join(ctes), matched)
 
+    # -- proves ---------------------------------------------------------------------
+    compared_description = "key and enriched columns"
+
+    def compared_columns(self, step, spec):
+        keep = set(step.key) | set(step.enrich)
+        return [f for f in spec.flows[step.name] if f.target in keep]
+
+    def target_filter(self, step, spec, source_rows):
+        return key_in(spec, source_rows)
+
+    def owns_target_rows(self, step, spec):
+        return False  # the target held rows of its own before
+
+    def gate_checks(self, plan, step, spec, source_side):
+        keys = sql.SQL(", ").join(sql.Identifier(k) for k in spec.key)
+        return super().gate_checks(plan, step, spec, source_side) + [(
+            "source_keys_present", f"{spec.qualified} holds every business key of {step.source}",
+            sql.SQL("SELECT {k} FROM ({src}) AS x EXCEPT SELECT {k} FROM {t}").format(
+                k=keys, src=source_side, t=spec.ident))]
+
+    # -- registers, inventory ---------------------------------------------------------
+    def registry_filter(self, conn, step, spec, source):
+        return (merge_filter(conn, step, source), "is not null", None)
+
+    def inventory_notes(self, step, target):
+        if target is None:
+            return []
+        return [("merge_target", f"{step.label} merges into existing {step.target} ({target.rows:,} rows)")]
+
     def undo_note(self, step, spec):
         return (f"restore overwritten columns of {spec.qualified} from the undo log, delete inserted rows, "
                 f"drop added columns {', '.join(step.add_columns) or '-'}")
+
+
+def merge_filter(conn, step, source) -> str:
+    """The enriched column that tells which target rows came from this merge source.
+
+    A column the plan added for this step and fills from the source's primary key is best
+    (never NULL); then other added columns; then any enriched column. The first one with
+    no NULL in the source's data is used; the gate then proves the choice row by row.
+    """
+    pk = set(source.primary_key)
+
+    def rank(target_col: str) -> tuple:
+        m = step.columns[target_col]
+        src = source.columns.get(m.source or "")
+        return (target_col not in step.add_columns, not (m.source in pk), not (src and src.not_null),
+                step.enrich.index(target_col))
+
+    for target_col in sorted(step.enrich, key=rank):
+        m = step.columns[target_col]
+        if m.source is None:
+            continue
+        has_null = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.{} AS s WHERE {} IS NULL)").format(
+            sql.Identifier(step.source_schema), sql.Identifier(step.source_table),
+            sql.Identifier("s", m.source))).fetchone()[0]
+        if not has_null:
+            return target_col
+    raise ActionError(
+        f"{step.label}: cannot tell which rows of {step.target} came from {step.source}: every enriched column "
+        f"({', '.join(step.enrich)}) is NULL in some source row; enrich a column that is never NULL "
+        "(e.g. the source's key under add_columns)")

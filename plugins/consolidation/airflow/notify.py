@@ -24,6 +24,11 @@ import json
 import logging
 import os
 
+from airflow.sdk import Variable
+from jinja2.sandbox import SandboxedEnvironment
+
+from consolidation.phases.nightly import nightly_dir, safe_run
+
 log = logging.getLogger(__name__)
 
 ENV_CLASS = "CONSOLIDATION_NOTIFIER"
@@ -63,8 +68,6 @@ def configured() -> tuple[str, dict] | None:
 
 def _variable() -> str | None:
     try:
-        from airflow.sdk import Variable
-
         return Variable.get(VARIABLE, default=None)
     except Exception as exc:  # no Variable backend reachable from this process: not configured
         log.debug("Variable %s not readable here: %s", VARIABLE, exc)
@@ -88,8 +91,6 @@ def build(path: str, kwargs: dict):
 
 def failure_summary(context) -> str:
     """The run's summary from its result.json (written by the report task), or a pointer to the logs."""
-    from consolidation.phases.nightly import nightly_dir, safe_run
-
     run_id = context.get("run_id") or getattr(context.get("dag_run"), "run_id", None) or "?"
     result = nightly_dir() / safe_run(str(run_id)) / "result.json"
     try:
@@ -116,8 +117,6 @@ class _DagForTemplates:
         return getattr(self._dag, name)
 
     def get_template_env(self, force_sandboxed: bool = False):
-        from jinja2.sandbox import SandboxedEnvironment
-
         return SandboxedEnvironment(cache_size=0)
 
 
@@ -138,8 +137,6 @@ class NightlyFailureNotifier:
             log.info("nightly validation failed; no notifier configured (%s or Variable %s)", ENV_CLASS, VARIABLE)
             return
         path, kwargs = conf
-        from consolidation.phases.nightly import safe_run
-
         context = dict(context)
         dag = context.get("dag")
         if dag is not None and not hasattr(dag, "get_template_env"):

@@ -1,15 +1,25 @@
-"""What a task needs from Airflow at run time: the database, the run, the person.
+"""The one wrapper every task body of the DAGs goes through, and what it hands the body.
 
-Imported by DAG files; cheap (no database, no Great Expectations at import). The
-functions here run inside tasks only.
+`@task_body` turns `body(t, **kwargs) -> api.Outcome` into the callable a DAG gives to
+Airflow's @task: it builds a TaskRun `t` from the Airflow context (the plan, the run id and
+the triggering user, the params, the database connected on first use), calls the body,
+closes the connection (committed, or rolled back when the body raised), prints the outcome's
+lines, raises its failure, and returns its value as the task's XCom.
+
+Imported by DAG files: nothing here touches a database at import.
 """
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
-from dataclasses import dataclass
+import inspect
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable
 
-from consolidation.core import config
+from consolidation.airflow.connection import task_dsn
+from consolidation.api import Outcome
+from consolidation.core import db
+from consolidation.core.plan import Plan, load_plan
 
 
 @dataclass
@@ -17,28 +27,63 @@ class RunInfo:
     run_id: str
     user: str  # the authenticated user who triggered the run, or "scheduler"
     dag_id: str
+    triggered_by: str | None = None  # the authenticated user only, None when nobody triggered it
+    conf: dict = field(default_factory=dict)
 
 
 def run_info(context) -> RunInfo:
     dag_run = context["dag_run"]
-    user = getattr(dag_run, "triggering_user_name", None) or (
-        "scheduler" if str(getattr(dag_run, "run_type", "")).endswith("scheduled") else "unknown")
-    return RunInfo(dag_run.run_id, user, dag_run.dag_id)
+    triggered_by = getattr(dag_run, "triggering_user_name", None)
+    user = triggered_by or ("scheduler" if str(getattr(dag_run, "run_type", "")).endswith("scheduled") else "unknown")
+    return RunInfo(dag_run.run_id, user, dag_run.dag_id, triggered_by, dict(getattr(dag_run, "conf", None) or {}))
 
 
-def task_dsn() -> str:
-    """DSN of the consolidation_db connection; CONSOLIDATION_DB_URL wins when set."""
-    if os.environ.get("CONSOLIDATION_DB_URL"):
-        return os.environ["CONSOLIDATION_DB_URL"]
-    from consolidation.core.db import airflow_connection_dsn
+class TaskRun:
+    """What a task body gets: `plan`, `info` (run id, user, ...), `params`, `dsn`, `conn`
+    (connected on first use, closed by the wrapper), `run` (run_id= and user= for the api)."""
 
-    return airflow_connection_dsn(config.CONNECTION_ID)
+    def __init__(self, context: dict, stack: ExitStack):
+        self.context = context
+        self.info = run_info(context)
+        self.params = dict(context.get("params") or {})
+        self._stack = stack
+
+    @property
+    def run(self) -> dict[str, Any]:
+        return {"run_id": self.info.run_id, "user": self.info.user}
+
+    @cached_property
+    def plan(self) -> Plan:
+        return load_plan()
+
+    @cached_property
+    def dsn(self) -> str:
+        return task_dsn()
+
+    @cached_property
+    def conn(self):
+        return self._stack.enter_context(db.connect(self.dsn))
+
+    def xcom(self, task_id: str) -> Any:
+        return self.context["ti"].xcom_pull(task_ids=task_id)
 
 
-@contextmanager
-def task_connection():
-    from consolidation.core import db
+def task_body(body: Callable[..., Outcome]) -> Callable[..., Any]:
+    """The task callable for `body(t, **kwargs)`; kwargs are the ones the DAG passes (e.g.
+    legacy_schema=...), everything else Airflow passes is the context."""
+    names = list(inspect.signature(body).parameters)[1:]
 
-    dsn = task_dsn()
-    with db.connect(dsn) as conn:
-        yield dsn, conn
+    def run(**context):
+        kwargs = {name: context.pop(name) for name in names if name in context}
+        with ExitStack() as stack:
+            outcome = body(TaskRun(context, stack), **kwargs)
+        for line in outcome.lines:
+            print(line)
+        if outcome.failure is not None:
+            raise outcome.failure
+        return outcome.value
+
+    # not functools.wraps: Airflow reads the signature, and must see **context, not (t, ...)
+    run.__name__, run.__qualname__, run.__doc__, run.__module__ = (
+        body.__name__, body.__qualname__, body.__doc__, body.__module__)
+    return run

@@ -1,8 +1,8 @@
 """CleanupApprovalSensor: Phase 4D waits here for a person's decision.
 
-Imported by DAG files, so it stays cheap: Airflow's SDK only; the database and the
-engine are imported inside poke(). The decision is read from the approvals table and
-nowhere else: not from the run's conf, not from its params.
+The decision is read from the approvals table (consolidation.api.approval_state) and
+nowhere else: not from the run's conf, not from its params. ApprovalSensor is the one
+phase4d_legacy_cleanup uses: its poke interval is a run param.
 """
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ from typing import Any, Sequence
 
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+
+from consolidation import api
+from consolidation.airflow.connection import task_connection
+from consolidation.core.plan import load_plan
+from consolidation.phases.approvals import ApprovalRefused
 
 
 class CleanupApprovalSensor(BaseSensorOperator):
@@ -56,13 +61,9 @@ class CleanupApprovalSensor(BaseSensorOperator):
 
     def _expire(self, context) -> None:
         # nobody decided in time: the request must not stay "pending" for a run that gave up
-        from consolidation.phases.approvals import expire
-        from consolidation.core.plan import load_plan
-        from consolidation.airflow.runtime import task_connection
-
         request_id = self.request_id(context)
         with task_connection() as (_, conn):
-            expire(conn, load_plan(), request_id,
+            api.expire_request(conn, load_plan(), request_id,
                    f"no decision within {self.timeout / 3600:g} h; the waiting 4D run stopped. "
                    "Trigger phase4d_legacy_cleanup again for a new request")
 
@@ -78,15 +79,11 @@ class CleanupApprovalSensor(BaseSensorOperator):
                 "it must return the id from approvals.open_request") from None
 
     def poke(self, context) -> bool:
-        from consolidation.phases.approvals import ApprovalRefused, check
-        from consolidation.core.plan import load_plan
-        from consolidation.airflow.runtime import task_connection
-
         request_id = self.request_id(context)
         plan = load_plan()
         with task_connection() as (_, conn):
             try:
-                state = check(conn, plan, request_id, validity_hours=self.validity_hours)
+                state = api.approval_state(conn, plan, request_id, validity_hours=self.validity_hours)
             except ApprovalRefused as exc:
                 raise AirflowFailException(str(exc)) from None
         if state == "approved":
@@ -96,3 +93,17 @@ class CleanupApprovalSensor(BaseSensorOperator):
                       "`python -m consolidation approve|reject --by NAME --reason TEXT --request %s`",
                       request_id, request_id)
         return False
+
+
+class ApprovalSensor(CleanupApprovalSensor):
+    """CleanupApprovalSensor whose poke interval is the run's `approval_poke_seconds` param."""
+
+    template_fields = (*CleanupApprovalSensor.template_fields, "poke_seconds")
+
+    def __init__(self, *, poke_seconds: str | float = 60, **kwargs):
+        super().__init__(**kwargs)
+        self.poke_seconds = poke_seconds
+
+    def execute(self, context):
+        self.poke_interval = max(1.0, float(self.poke_seconds))
+        return super().execute(context)

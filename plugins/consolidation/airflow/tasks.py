@@ -1,106 +1,125 @@
-"""Task bodies for the phase DAGs: thin calls into the engine, with clear failures.
-
-Every function takes the Airflow context and returns something small and JSON-able
-for XCom (never rows). Raising fails the task with the message as the reason.
-"""
+"""The task bodies of every DAG in dags/: one call into consolidation.api each, through
+@task_body (plan, run, params and connection from the Airflow context; the outcome's lines
+printed, its failure raised, its value returned for XCom)."""
 from __future__ import annotations
 
-from consolidation.airflow.runtime import run_info, task_connection
+from consolidation import api
+from consolidation.airflow.runtime import TaskRun, task_body
 
 
-def _plan():
-    from consolidation.core.plan import load_plan
-
-    return load_plan()
-
-
-def inventory_task(**context) -> dict:
-    from consolidation.checks.inventory import InventoryBlocked, render, take_inventory
-
-    plan = _plan()
-    with task_connection() as (_, conn):
-        inv = take_inventory(conn, plan)
-    print(render(inv))
-    if not inv.ok:
-        raise InventoryBlocked(inv)
-    return {"findings": len(inv.findings), "blocking": 0}
+# ------------------------------------------------------------------ 4A, 4B, 4C and the gates
+@task_body
+def inventory(t: TaskRun) -> api.Outcome:
+    return api.inventory(t.conn, t.plan)
 
 
-def require_gate_task(phase: str, **context) -> dict:
-    from consolidation.checks.gates import require_gate
-
-    plan = _plan()
-    with task_connection() as (_, conn):
-        row = require_gate(conn, plan, phase)
-    print(f"{phase} may start: gate {row['name']} passed in run {row['run_id']} at {row['finished_at']}")
-    return {"gate_run": row["run_id"]}
+@task_body
+def require_gate(t: TaskRun, phase: str) -> api.Outcome:
+    return api.require_gate(t.conn, t.plan, phase)
 
 
-def prepare_4a_task(**context) -> list[str]:
-    from consolidation.phases.extend import ensure_schemas
-
-    info = run_info(context)
-    with task_connection() as (_, conn):
-        made = ensure_schemas(conn, _plan(), run_id=info.run_id, user=info.user)
-    print(f"schemas created: {made or 'none (all existed)'}")
-    return made
+@task_body
+def prepare_4a(t: TaskRun) -> api.Outcome:
+    return api.extend_prepare(t.conn, t.plan, **t.run)
 
 
-def extend_group_task(legacy_schema: str, **context) -> list[str]:
-    from consolidation.phases.extend import extend_group
-
-    info = run_info(context)
-    with task_connection() as (_, conn):
-        done = extend_group(conn, _plan(), legacy_schema, run_id=info.run_id, user=info.user)
-    for line in done:
-        print(line)
-    return done
+@task_body
+def extend_group(t: TaskRun, legacy_schema: str) -> api.Outcome:
+    return api.extend_group(t.conn, t.plan, legacy_schema, **t.run)
 
 
-def finalize_4a_task(**context) -> list[str]:
-    from consolidation.phases.extend import finalize
-
-    info = run_info(context)
-    with task_connection() as (_, conn):
-        done = finalize(conn, _plan(), run_id=info.run_id, user=info.user)
-    for line in done:
-        print(line)
-    return done
+@task_body
+def finalize_4a(t: TaskRun) -> api.Outcome:
+    return api.extend_finalize(t.conn, t.plan, **t.run)
 
 
-def gate_task(phase: str, **context) -> dict:
-    from consolidation.checks import gates
-    from consolidation.checks.gate_4a import gate_4a_checks
-    from consolidation.checks.gate_4b import gate_4b_checks
-
-    plan = _plan()
-    info = run_info(context)
-    builders = {"4A": gate_4a_checks, "4B": gate_4b_checks}
-    with task_connection() as (dsn, conn):
-        if phase in gates.PREVIOUS:  # the gate runs even after failed steps, never after a refusal
-            gates.require_gate(conn, plan, phase)
-        checks = builders[phase](conn, plan)
-        conn.commit()
-        result = gates.run_phase_gate(conn, dsn, plan, phase, checks, run_id=info.run_id, user=info.user)
-    print(result.summary())
-    return {"gate": phase, "passed": result.passed, "checks": len(result.results)}
+@task_body
+def run_step(t: TaskRun, step_name: str) -> api.Outcome:
+    return api.run_step(t.conn, t.plan, step_name, dry_run=bool(t.params.get("dry_run")), **t.run)
 
 
-def step_task(step_name: str, **context) -> dict:
-    from consolidation.phases.migrate import run_step
+@task_body
+def prepare_registry(t: TaskRun) -> api.Outcome:
+    return api.registry_prepare(t.conn, t.plan)
 
-    info = run_info(context)
-    params = context.get("params") or {}
-    plan = _plan()
-    with task_connection() as (_, conn):
-        if params.get("dry_run"):
-            from consolidation.cli.commands import preview
 
-            for heading, text in preview(conn, plan, "4B"):
-                if heading.startswith(step_name):
-                    print(f"-- {heading}\n{text};")
-            return {"step": step_name, "dry_run": True}
-        result = run_step(conn, plan, step_name, run_id=info.run_id, user=info.user)
-    print(result.line())
-    return {"step": step_name, "read": result.read, "inserted": result.inserted, "merged": result.merged,
-            "quarantined": result.quarantined}
+@task_body
+def register_group(t: TaskRun, legacy_schema: str) -> api.Outcome:
+    return api.register_group(t.conn, t.plan, legacy_schema, **t.run)
+
+
+@task_body
+def export_registry(t: TaskRun) -> api.Outcome:
+    return api.registry_export(t.conn, t.plan, t.params.get("export_dir"), **t.run)
+
+
+@task_body
+def gate(t: TaskRun, phase: str) -> api.Outcome:
+    return api.gate(t.conn, t.dsn, t.plan, phase, **t.run)
+
+
+# ------------------------------------------------------------------ 4D and its approval
+@task_body
+def preflight(t: TaskRun) -> api.Outcome:
+    return api.cleanup_preflight(t.conn, t.dsn, t.plan, resync_late_rows=bool(t.params.get("resync_late_rows")),
+                                 **t.run)
+
+
+@task_body
+def open_request(t: TaskRun) -> api.Outcome:
+    return api.cleanup_open_request(t.conn, t.plan, **t.run)
+
+
+@task_body
+def backup(t: TaskRun) -> api.Outcome:
+    return api.cleanup_backup(t.conn, t.dsn, t.plan, t.xcom("open_request"), folder=t.params.get("backup_dir"),
+                              **t.run)
+
+
+@task_body
+def drop(t: TaskRun, schema: str) -> api.Outcome:
+    return api.cleanup_drop(t.conn, t.dsn, t.plan, schema, **t.run)
+
+
+@task_body
+def report(t: TaskRun) -> api.Outcome:
+    return api.report(t.conn, t.plan, folder=t.params.get("report_dir"), **t.run)
+
+
+@task_body
+def record_decision(t: TaskRun) -> api.Outcome:
+    """phase4d_cleanup_approval: the form's decision, recorded as the run's triggering user."""
+    return api.ui_decision(t.conn, t.plan, t.params, user=t.info.triggered_by, conf=t.info.conf,
+                           run_id=t.info.run_id)
+
+
+# ------------------------------------------------------------------ rollback
+@task_body
+def assess(t: TaskRun) -> api.Outcome:
+    return api.rollback_assess(t.conn, t.plan)
+
+
+@task_body
+def restore_legacy(t: TaskRun) -> api.Outcome:
+    return api.rollback_restore(t.dsn, t.plan, **t.run)
+
+
+@task_body
+def undo_migration(t: TaskRun) -> api.Outcome:
+    return api.rollback_undo(t.conn, t.plan, restore_only=bool(t.params.get("restore_only")), **t.run)
+
+
+# ------------------------------------------------------------------ nightly validation
+@task_body
+def nightly_prepare(t: TaskRun) -> api.Outcome:
+    return api.nightly_prepare(t.conn, t.plan)
+
+
+@task_body
+def validate_schema(t: TaskRun, schema: str) -> api.Outcome:
+    return api.nightly_validate_schema(t.conn, t.dsn, t.plan, schema, **t.run)
+
+
+@task_body
+def nightly_report(t: TaskRun) -> api.Outcome:
+    return api.nightly_report(t.conn, t.plan, **t.run)

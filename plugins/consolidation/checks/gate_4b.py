@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from consolidation.actions import action_for
 from consolidation.checks.gx import Check
 from consolidation.checks.reconcile import count_query, extra_rows, missing_rows, sides
-from consolidation.core.ledger import tool_ident
 from consolidation.core.plan import Plan
 from consolidation.core.session import load_specs
-from consolidation.core.spec import TargetSpec
 
 
 def _rendered(conn, q: sql.Composable) -> str:
@@ -21,16 +20,16 @@ def gate_4b_checks(conn, plan: Plan) -> list[Check]:
     quarantine within threshold, keys unique and not null, foreign keys resolve."""
     _, specs = load_specs(conn, plan)
     checks: list[Check] = []
-    q = tool_ident(plan, "quarantine")
     for step in plan.migrating_steps():
         spec = specs[step.target]
+        action = action_for(step)
         s = sides(plan, step, spec)
         checks.append(Check(
             name="rows_present", table=spec.qualified, step=step.name, kind="rows",
             description=f"every row of {step.source} is in {spec.qualified} with the same values "
-                        f"(hashed over {'all mapped columns' if step.action != 'merge' else 'key and enriched columns'})",
+                        f"(hashed over {action.compared_description})",
             query=_rendered(conn, missing_rows(s))))
-        if step.action != "merge" and (not spec.exists_before_plan) and (len(spec.steps) == 1 or step.action == "union"):
+        if action.owns_target_rows(step, spec):
             checks.append(Check(
                 name="no_unexpected_rows", table=spec.qualified, step=step.name, kind="rows",
                 description=f"{spec.qualified} holds no row (of {step.source}) that is not in the source: "
@@ -41,21 +40,10 @@ def gate_4b_checks(conn, plan: Plan) -> list[Check]:
             description=f"rows of {step.source} = rows found in {spec.qualified} + rows quarantined",
             query=_rendered(conn, sql.SQL("SELECT * FROM ({}) AS c WHERE c.read <> c.present + c.quarantined").format(
                 count_query(plan, step, s)))))
-        if not step.is_recreated_view:
-            threshold = step.quarantine_threshold
-            checks.append(Check(
-                name="quarantine_within_threshold", table=spec.qualified, step=step.name, kind="rows",
-                description=f"quarantined rows of {step.source} <= {threshold}",
-                query=_rendered(conn, sql.SQL(
-                    "SELECT step, count(*) AS quarantined, min(reason) AS first_reason FROM {q} WHERE step = {n} "
-                    "GROUP BY step HAVING count(*) > {t}").format(q=q, n=sql.Literal(step.name), t=sql.Literal(threshold)))))
-        if step.action == "merge":
-            keys = sql.SQL(", ").join(sql.Identifier(k) for k in spec.key)
-            checks.append(Check(
-                name="source_keys_present", table=spec.qualified, step=step.name, kind="rows",
-                description=f"{spec.qualified} holds every business key of {step.source}",
-                query=_rendered(conn, sql.SQL("SELECT {k} FROM ({src}) AS x EXCEPT SELECT {k} FROM {t}").format(
-                    k=keys, src=s.source, t=spec.ident))))
+        # the action's own checks: quarantine within threshold, a merge's source keys present, ...
+        for name, description, query in action.gate_checks(plan, step, spec, s.source):
+            checks.append(Check(name=name, table=spec.qualified, step=step.name, kind="rows",
+                                description=description, query=_rendered(conn, query)))
     for spec in specs.values():
         if spec.kind != "table":
             continue

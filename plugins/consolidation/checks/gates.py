@@ -1,9 +1,12 @@
 """Phase gates: what a phase requires before it starts, and the one path that runs a
 gate's checks as a Great Expectations checkpoint and records the outcome in the ledger,
 where the next phase looks for it. The checks of each gate are built in gate_4a, gate_4b,
-phases.registry_checks (4C) and phases.cleanup (4D).
+phases.registry_checks (4C) and phases.cleanup (4D); the same path runs 4D's
+reconcile_4D and the nightly validation's checkpoints (which record to their history).
 """
 from __future__ import annotations
+
+from typing import Callable
 
 from psycopg import sql
 
@@ -46,19 +49,38 @@ def require_gate(conn, plan: Plan, phase: str) -> dict:
     return row
 
 
-def record_gate(conn, plan: Plan, phase: str, result: GateResult, *, run_id: str, user: str | None) -> None:
-    ledger.record(conn, plan, status=ledger.SUCCESS if result.passed else ledger.FAILED,
-                  message=None if result.passed else result.summary(),
-                  run_id=run_id, phase=phase, kind="gate", name=f"gate_{phase}", triggered_by=user,
-                  details=result.to_dict() | {"plan_sha256": plan.sha256})
+def record_verdict(conn, plan: Plan, *, phase: str, name: str, passed: bool, summary: str, details: dict,
+                   run_id: str, user: str | None) -> None:
+    """A gate's verdict as a ledger row (kind 'gate'; the summary is the message of a failure), committed."""
+    ledger.record(conn, plan, status=ledger.SUCCESS if passed else ledger.FAILED,
+                  message=None if passed else summary,
+                  run_id=run_id, phase=phase, kind="gate", name=name, triggered_by=user, details=details)
     conn.commit()
 
 
+def record_gate(conn, plan: Plan, phase: str, result: GateResult, *, run_id: str, user: str | None,
+                name: str | None = None, details: dict | None = None) -> None:
+    """A checkpoint's result in the ledger: row `name` (default gate_<phase>), the result and the plan's sha256
+    (plus `details`) in its details."""
+    record_verdict(conn, plan, phase=phase, name=name or f"gate_{phase}", passed=result.passed,
+                   summary=result.summary(), run_id=run_id, user=user,
+                   details=result.to_dict() | {"plan_sha256": plan.sha256} | (details or {}))
+
+
 def run_phase_gate(conn, dsn: str, plan: Plan, phase: str, checks: list[Check], *, run_id: str,
-                   user: str | None) -> GateResult:
-    """Run a gate's checkpoint, record it, and raise GateFailed when it did not pass."""
-    result = run_gate(dsn, phase, checks)
-    record_gate(conn, plan, phase, result, run_id=run_id, user=user)
-    if not result.passed:
+                   user: str | None, gate: str | None = None, details: dict | None = None,
+                   record: Callable[[GateResult], None] | None = None, raise_failed: bool = True) -> GateResult:
+    """Run a gate's checkpoint, record it, and raise GateFailed when it did not pass.
+
+    The checkpoint is named `gate` (default: the phase); it is recorded in the ledger as
+    `gate` (default gate_<phase>) with `details` added, or by `record(result)` instead.
+    With raise_failed=False a failed gate is returned, not raised.
+    """
+    result = run_gate(dsn, gate or phase, checks)
+    if record is None:
+        record_gate(conn, plan, phase, result, run_id=run_id, user=user, name=gate, details=details)
+    else:
+        record(result)
+    if raise_failed and not result.passed:
         raise GateFailed(result)
     return result

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from consolidation.core import config
+from consolidation.core.files import atomic_write, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -459,24 +460,9 @@ def _dispose(datasource) -> None:
 
 def sqlalchemy_url(dsn: str) -> str:
     """`postgresql+psycopg://...` for a libpq DSN or URL (password quoted, libpq extras kept)."""
-    from psycopg.conninfo import conninfo_to_dict
-    from sqlalchemy.engine import URL
+    from consolidation.core import dsn as dsns
 
-    info = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
-    user, password = info.pop("user", None), info.pop("password", None)
-    host, port = info.pop("host", None), info.pop("port", None)
-    dbname = info.pop("dbname", None)
-    if host and (host.startswith("/") or "," in host):  # socket folder / multi-host: libpq param
-        info["host"] = host
-        host = None
-    if port and not host:
-        info["port"] = port
-        port = None
-    info.setdefault("connect_timeout", "10")
-    info.setdefault("application_name", "consolidation-gate")
-    url = URL.create("postgresql+psycopg", username=user, password=password, host=host,
-                     port=int(port) if port else None, database=dbname, query=info)
-    return url.render_as_string(hide_password=False)
+    return dsns.sqlalchemy_url(dsn, defaults={"connect_timeout": "10", "application_name": "consolidation-gate"})
 
 
 def _existing_tables(dsn: str, tables: set[str]) -> dict[str, tuple[str | None, str]]:
@@ -545,15 +531,12 @@ def _write_gate_json(out_dir: Path, run_name: str, result: GateResult) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = result.to_dict()
     payload["results_path"] = str(path)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, json.dumps(payload, indent=2, default=str))
 
 
 def _safe(text: str) -> str:
     """A name fragment GX stores as one path component (GX splits suite names on dots)."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", str(text)).strip("_") or "x"
+    return safe_name(text, keep="_-", empty="x")
 
 
 def _clean_error(text: str) -> str:

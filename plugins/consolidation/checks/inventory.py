@@ -7,9 +7,9 @@ mapping to a column that does not exist); warnings are worth reading but safe.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 
+from consolidation.actions import action_for
 from consolidation.core import db
 from consolidation.core.catalog import Catalog, introspect
 from consolidation.core.plan import Plan, check_against_catalog, load_plan
@@ -153,12 +153,11 @@ def compare(plan: Plan, cat: Catalog) -> Inventory:
         obj = problem.split(":", 1)[0]
         findings.append(Finding(BLOCKING, "column_drift", obj, problem.split(": ", 1)[1] if ": " in problem else problem))
 
-    # Existing targets (merge targets, pre-created tables) are noted; 4A compares them in detail.
+    # Existing targets (merge targets, pre-created tables) are noted by their actions; 4A compares them in detail.
     for step in plan.migrating_steps():
         rel = cat.relation(step.target_schema, step.target_table)
-        if rel is not None and step.action == "merge":
-            findings.append(Finding(INFO, "merge_target", step.target,
-                                    f"{step.label} merges into existing {step.target} ({rel.rows:,} rows)"))
+        for code, message in action_for(step).inventory_notes(step, rel):
+            findings.append(Finding(INFO, code, step.target, message))
     for s in plan.consolidated_schemas:
         if s not in cat.existing_schemas:
             findings.append(Finding(INFO, "schema_created", s, "consolidated schema does not exist yet; 4A creates it"))
@@ -243,12 +242,3 @@ def _table(header, rows) -> list[str]:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*map(str, r)) for r in rows]
-
-
-def cli(args) -> int:
-    inv = take_inventory()
-    if getattr(args, "json", False):
-        print(json.dumps(inv.to_dict(), indent=2, default=str))
-    else:
-        print(render(inv))
-    return 0 if inv.ok else 1

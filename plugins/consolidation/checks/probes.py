@@ -31,7 +31,7 @@ class ProbeResult:
 def probe_insert(conn, schema: str, table: str) -> ProbeResult:
     """Insert one row relying on key defaults, inside a savepoint that is rolled back."""
     qualified = f"{schema}.{table}"
-    ident = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+    ident = sql.Identifier(schema, table)
     cols = conn.execute(
         """SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                   a.attidentity <> '' OR pg_get_serial_sequence(%s, a.attname) IS NOT NULL AS keyed,
@@ -75,7 +75,7 @@ def probe_insert(conn, schema: str, table: str) -> ProbeResult:
         stmt = sql.SQL("INSERT INTO {} DEFAULT VALUES RETURNING {}").format(
             ident, sql.SQL(", ").join(map(sql.Identifier, keyed)))
     try:
-        with conn.transaction() as tx:
+        with conn.transaction():
             row = conn.execute(stmt).fetchone()
             key = dict(zip(keyed, row))
             raise _Rollback(key)

@@ -1,8 +1,10 @@
 """Row-level reconciliation of each step, by hashing both sides (reladiff's idea).
 
-Each side is projected into target terms: the key columns plus an md5 of the row's
-compared columns, both sides cast to the target's types. Multisets are compared with
-EXCEPT ALL, so a missing row, an altered value or a duplicate all show up, with the
+Each side is projected into target terms: the key columns plus a 64-bit hash of the row's
+compared columns, both sides cast to the target's types. Each side's checksum is one
+order-free scan (count and sum of the hashes, core.catalog.CHECKSUM); when the sums differ
+the rows are compared (EXCEPT ALL) only inside the key-hash segments whose sums differ
+(checks.segments), so a missing row, an altered value or a duplicate all show up, with the
 key of the row. Counts are taken from the data, never from what a step reported.
 """
 from __future__ import annotations
@@ -12,9 +14,11 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from consolidation.actions import action_for
-from consolidation.actions.base import column_list, not_quarantined, projected_source
+from consolidation.actions.base import column_list
 from consolidation.core.ledger import tool_ident
 from consolidation.core.plan import Plan, Step
+from consolidation.checks.segments import checksum_query, diff, segmented_except
+from consolidation.core.catalog import table_checksum_query
 from consolidation.core.spec import TargetSpec, source_ident
 
 
@@ -25,70 +29,55 @@ class Sides:
     key: list[str]
 
 
-def _hash(cols: list[str], alias: str, types: dict[str, str]) -> sql.Composed:
-    return sql.SQL("md5(ROW({})::text)").format(sql.SQL(", ").join(
-        sql.SQL("CAST({} AS {})").format(sql.Identifier(alias, c), sql.SQL(types[c])) for c in cols))
-
-
 def sides(plan: Plan, step: Step, spec: TargetSpec) -> Sides:
-    """Source and target projections of one step, comparable row by row."""
-    if step.is_recreated_view:
-        src = sql.SQL("SELECT md5(ROW(s.*)::text) AS h FROM {} AS s").format(source_ident(step))
-        tgt = sql.SQL("SELECT md5(ROW(t.*)::text) AS h FROM {} AS t").format(spec.ident)
-        return Sides(src, tgt, [])
-    action = action_for(step)
-    flows = action.compared_columns(step, spec)
-    types = {f.target: f.type for f in spec.flows[step.name]}
-    cmp_cols = [f.target for f in flows]
-    key = list(spec.key)
-    rows = projected_source(step, spec, source_ident(step), not_quarantined(plan, step))
-    key_sel = sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier("r", k)) for k in key)
-    src = sql.SQL("SELECT {}{} AS h FROM ({}) AS r").format(key_sel, _hash(cmp_cols, "r", types), rows)
-    tkey_sel = sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier("t", k)) for k in key)
-    tgt = sql.SQL("SELECT {}{} AS h FROM {} AS t WHERE {}").format(
-        tkey_sel, _hash(cmp_cols, "t", types), spec.ident, action.target_filter(step, spec, rows))
-    return Sides(src, tgt, key)
+    """Source and target projections of one step, comparable row by row (the step's action
+    says what is compared: Action.projection)."""
+    return Sides(*action_for(step).projection(plan, step, spec))
 
 
 def missing_rows(s: Sides) -> sql.Composed:
     """Source rows with no identical row in the target (the evidence of loss)."""
-    return sql.SQL("SELECT * FROM (({}) EXCEPT ALL ({})) AS missing").format(s.source, s.target)
+    return sql.SQL("SELECT * FROM ({}) AS missing").format(segmented_except(s.source, s.target, s.key))
 
 
 def extra_rows(s: Sides) -> sql.Composed:
     """Target rows (of this step) with no identical source row: duplicates, alterations."""
-    return sql.SQL("SELECT * FROM (({}) EXCEPT ALL ({})) AS extra").format(s.target, s.source)
+    return sql.SQL("SELECT * FROM ({}) AS extra").format(segmented_except(s.target, s.source, s.key))
 
 
 def count_query(plan: Plan, step: Step, s: Sides) -> sql.Composed:
-    """read, present, quarantined: present = source rows found identical in the target."""
+    """read, present, quarantined: present = source rows found identical in the target
+    (the source side's rows minus those missing from the target)."""
     return sql.SQL(
         "SELECT (SELECT count(*) FROM {src}) AS read, "
-        "(SELECT count(*) FROM (({s}) INTERSECT ALL ({t})) AS p) AS present, "
+        "(SELECT count(*) FROM ({s}) AS a) - (SELECT count(*) FROM ({missing}) AS m) AS present, "
         "(SELECT count(*) FROM {q} WHERE step = {name}) AS quarantined").format(
-        src=source_ident(step), s=s.source, t=s.target, q=tool_ident(plan, "quarantine"), name=sql.Literal(step.name))
-
-
-def checksum_query(side: sql.Composable) -> sql.Composed:
-    """One md5 over the sorted row hashes: equal sides give equal checksums."""
-    return sql.SQL("SELECT md5(coalesce(string_agg(h, '' ORDER BY h), '')), count(*) FROM ({}) AS x").format(side)
+        src=source_ident(step), s=s.source, missing=missing_rows(s), q=tool_ident(plan, "quarantine"),
+        name=sql.Literal(step.name))
 
 
 def checksums(conn, plan: Plan, step: Step, spec: TargetSpec) -> dict:
-    """Both sides hashed once (materialized), then checksums and counts from them."""
+    """Each side's checksum in one order-free scan; when they differ, the rows missing from
+    the target are counted inside the differing segments only (checks.segments)."""
     s = sides(plan, step, spec)
-    q = sql.SQL(
-        "WITH src AS MATERIALIZED ({s}), tgt AS MATERIALIZED ({t}) SELECT "
-        "(SELECT md5(coalesce(string_agg(h, '' ORDER BY h), '')) FROM src), (SELECT count(*) FROM src), "
-        "(SELECT md5(coalesce(string_agg(h, '' ORDER BY h), '')) FROM tgt), (SELECT count(*) FROM tgt), "
-        "(SELECT count(*) FROM {source}), "
-        "(SELECT count(*) FROM (SELECT * FROM src INTERSECT ALL SELECT * FROM tgt) AS p), "
-        "(SELECT count(*) FROM {quarantine} WHERE step = {name})").format(
-        s=s.source, t=s.target, source=source_ident(step), quarantine=tool_ident(plan, "quarantine"),
-        name=sql.Literal(step.name))
-    src_sum, src_n, tgt_sum, tgt_n, read, present, quarantined = conn.execute(q).fetchone()
+    src_sum, src_n = conn.execute(checksum_query(s.source)).fetchone()
+    tgt_sum, tgt_n = conn.execute(checksum_query(s.target)).fetchone()
+    read, quarantined = conn.execute(sql.SQL(
+        "SELECT (SELECT count(*) FROM {source}), (SELECT count(*) FROM {quarantine} WHERE step = {name})").format(
+        source=source_ident(step), quarantine=tool_ident(plan, "quarantine"), name=sql.Literal(step.name))).fetchone()
+    present = src_n
+    if (src_sum, src_n) != (tgt_sum, tgt_n):
+        present -= conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS m").format(missing_rows(s))).fetchone()[0]
     return {"source_checksum": src_sum, "target_checksum": tgt_sum, "source_rows": src_n, "target_rows": tgt_n,
             "read": read, "present": present, "quarantined": quarantined}
+
+
+def differences(conn, plan: Plan, step: Step, spec: TargetSpec, *, limit: int = 10,
+                rows_per_segment: int | None = None):
+    """The keys whose rows differ between a step's source and target (segments.Diff), by
+    bisection over key-hash segments: only segments whose checksums differ are read again."""
+    s = sides(plan, step, spec)
+    return diff(conn, s.source, s.target, s.key, rows_per_segment=rows_per_segment, limit=limit)
 
 
 def key_list(spec: TargetSpec) -> sql.Composed:
@@ -112,9 +101,7 @@ def digest(conn, plan: Plan, specs: dict[str, TargetSpec] | None = None) -> dict
     per_step = {}
     for step in plan.steps:
         if step.action == "delete":
-            row = conn.execute(sql.SQL(
-                "SELECT md5(coalesce(string_agg(h, '' ORDER BY h), '')), count(*) "
-                "FROM (SELECT md5(ROW(s.*)::text) AS h FROM {} AS s) x").format(source_ident(step))).fetchone()
+            row = conn.execute(table_checksum_query(source_ident(step))).fetchone()
             per_step[step.name] = {"source_checksum": row[0], "read": row[1]}
         else:
             per_step[step.name] = checksums(conn, plan, step, specs[step.target])

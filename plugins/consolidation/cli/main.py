@@ -1,178 +1,178 @@
-"""`python -m consolidation <command> ...` (with PYTHONPATH=plugins).
+"""`python -m consolidation <command> ...` (with PYTHONPATH=plugins): every command, every
+option, in build_parser() below - the one place the command line is defined.
 
-Adding a command: add one line to COMMANDS,
-
-    "inventory": ("consolidation.inventory_cli:register", "list schemas, tables and row counts"),
-
-and write that function. It receives argparse's subparsers object, adds exactly one
-parser with the same name (which may have its own sub-subcommands) and sets
-`func=<callable(args) -> int | None>` on it:
-
-    def register(subparsers):
-        p = subparsers.add_parser("inventory", help="...")
-        p.add_argument("--json", action="store_true")
-        p.set_defaults(func=run)
-
-Only the module of the invoked command is imported, so `python -m consolidation db url`
-never imports Airflow or Great Expectations, and a command whose module does not exist
-yet does not break the others. Commands raise db.DatabaseUnreachable (or print and
-return a non-zero code); main() turns DatabaseUnreachable into one stderr line + exit 2.
+Each command's handler is named "module:function" (a module of consolidation.cli: db, dev,
+commands, decisions, registry, nightly) and imported only when that command runs, so
+`python -m consolidation db url` imports neither the engine, nor Airflow, nor Great
+Expectations. A handler takes the parsed arguments and returns the exit code; it calls
+consolidation.api (or consolidation.dev for db, fixture, demo and airflow-local) and prints.
+Commands raise DatabaseUnreachable (or print and return a non-zero code); main() turns
+DatabaseUnreachable into one stderr line + exit 2.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
+
+from consolidation.core.errors import DatabaseUnreachable
 
 PROG = "python -m consolidation"
-
-# name -> ("module:function", one-line help shown by `python -m consolidation -h`)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "db": ("consolidation.cli.main:register_db", "the embedded PostgreSQL server: start | stop | status | url | ping"),
-    "fixture": ("consolidation.dev.fixture:register", "build the demo legacy database: fixture build [--scale N]"),
-    "inventory": ("consolidation.cli.commands:register_inventory", "check the plan against the live database"),
-    "plan": ("consolidation.cli.commands:register_plan", "validate the plan file and summarise it"),
-    "sql": ("consolidation.cli.commands:register_sql", "print the SQL a phase would run, without running it"),
-    "registry": ("consolidation.cli.registry:register", "the table registry services read: show | export | resolve NAME | smoke"),
-    "validate": ("consolidation.cli.nightly:register", "run the nightly validation now; --accept-drop TABLE --reason TEXT"),
-    "approve": ("consolidation.cli.decisions:register_approve", "approve the pending cleanup request: --by NAME --reason TEXT [--request ID]"),
-    "reject": ("consolidation.cli.decisions:register_reject", "reject the pending cleanup request: --by NAME --reason TEXT [--request ID]"),
-    "status": ("consolidation.cli.decisions:register_status", "phases, their latest gates, and any pending cleanup approval"),
-    "airflow-local": ("consolidation.dev.local_airflow:register", "Airflow with its UI on this machine (make airflow): start | stop | status"),
-    "demo": ("consolidation.dev.demo:register", "the whole job on the configured database, through the DAGs"),
-    "report": ("consolidation.phases.report:register", "write the Phase 4 completion report (Markdown + HTML): [--run ID] [--out DIR]"),
-}
-
 EXIT_UNREACHABLE = 2
+FIXTURE_DESCRIPTION = "A deterministic database as Phases 1-3 left it: the fixture Phase 4 runs against."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser(_command_name(argv))
+        parser = build_parser()
         args = parser.parse_args(argv)
         if not hasattr(args, "func"):  # e.g. `db` without its subcommand
             parser.parse_args([*argv, "--help"])
             return 2
-        code = args.func(args)
+        code = handler(args.func)(args)
         return int(code or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        from consolidation.core.db import DatabaseUnreachable
-
-        if isinstance(exc, DatabaseUnreachable):
-            print(" ".join(str(exc).split()), file=sys.stderr)  # exactly one line
-            return EXIT_UNREACHABLE
-        raise
+    except DatabaseUnreachable as exc:
+        print(" ".join(str(exc).split()), file=sys.stderr)  # exactly one line
+        return EXIT_UNREACHABLE
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser; only `command`'s module is imported, the others are listed."""
+def handler(target: str):
+    """The function "module:function" of consolidation.cli names (imported now)."""
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(f"consolidation.cli.{module}"), function)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Consolidate PostgreSQL schemas.")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (target, help_text) in COMMANDS.items():
-        if name == command:
-            registered = _load(name, target)
-            registered(subparsers)
-        else:
-            subparsers.add_parser(name, help=help_text, add_help=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str, func: str | None = None, **kwargs) -> argparse.ArgumentParser:
+        p = commands.add_parser(name, help=help, **kwargs)
+        if func:
+            p.set_defaults(func=func)
+        return p
+
+    def actions(p: argparse.ArgumentParser, dest: str, metavar: str = "ACTION"):
+        return p.add_subparsers(dest=dest, metavar=metavar, required=True)
+
+    def action(sub, name: str, func: str, **kwargs) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, **kwargs)
+        p.set_defaults(func=func)
+        return p
+
+    # ---------------------------------------------------------------- the embedded server
+    sub = actions(command("db", "the embedded PostgreSQL server: start | stop | status | url | ping",
+                          description="Manage the embedded PostgreSQL server."), "db_command")
+    action(sub, "start", "db:start", help="initialise (once) and start the server; print its DSN")
+    action(sub, "stop", "db:stop", help="stop the server")
+    p = action(sub, "status", "db:status", help="running?, pid, port, data directory, DSN")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--check", action="store_true", help="exit 3 when the server is not running")
+    p = action(sub, "url", "db:url", help="print the embedded server's DSN (does not start it)")
+    p.add_argument("--database", default=None, help="database name (default: betting)")
+    action(sub, "ping", "db:ping", help="connect to the database commands use (CONSOLIDATION_DB_URL or embedded)")
+
+    sub = actions(command("fixture", "build the demo legacy database: fixture build [--scale N]",
+                          description=FIXTURE_DESCRIPTION), "fixture_command", "{build}")
+    p = action(sub, "build", "dev:fixture_build",
+               help="create the legacy and consolidated schemas with deterministic rows",
+               description="Create the six legacy schemas (34 objects) and the four consolidated "
+                           "schemas in one transaction, into CONSOLIDATION_DB_URL or the embedded server.")
+    p.add_argument("--scale", type=positive_int, default=1, metavar="N",
+                   help="multiply the five large tables by N (default 1: the plan's counts)")
+    p.add_argument("--if-empty", action="store_true",
+                   help="do nothing (exit 0) when the schemas already exist, instead of failing")
+
+    # ---------------------------------------------------------------- the plan and the database
+    p = command("inventory", "check the plan against the live database", "commands:inventory",
+                description="Introspect the legacy schemas and compare them with the plan. "
+                            "Exit 1 when a finding blocks the migration.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    p = command("plan", "validate the plan file and summarise it", "commands:plan")
+    p.add_argument("--file", help="plan file (default: CONSOLIDATION_PLAN or include/plans/phase4.yaml)")
+
+    p = command("sql", "print the SQL a phase would run, without running it", "commands:sql",
+                description="Like Liquibase's update-sql: reads the live catalog, writes nothing.")
+    p.add_argument("--phase", required=True, type=str.lower, choices=["4a", "4b"])
+
+    # ---------------------------------------------------------------- 4C: the table registry
+    sub = actions(command("registry", "the table registry services read: show | export | resolve NAME | smoke",
+                          description="Read the table registry Phase 4C writes (operational.consolidation_registry)."),
+                  "registry_command")
+    p = action(sub, "show", "registry:show", help="one line per entry: legacy name -> consolidated table (filter)")
+    p.add_argument("--json", action="store_true", help="print the entries as JSON")
+    p = action(sub, "export", "registry:export", help="write registry.json for services that read files")
+    p.add_argument("--dir", help="folder (default: $CONSOLIDATION_REGISTRY_DIR or .state/registry)")
+    p = action(sub, "resolve", "registry:resolve", help="where a legacy table lives now; exit 1 when it is not registered")
+    p.add_argument("name", help="legacy schema.table, e.g. tracking.active_strategy_configs")
+    p.add_argument("--file", help="read a registry.json instead of the database")
+    p.add_argument("--sql", action="store_true", help="print the SELECT presenting the legacy columns")
+    p = action(sub, "smoke", "registry:smoke", help="run the service smoke queries both ways; exit 1 when any differ")
+    p.add_argument("--dir", help="folder of smoke queries (default: include/sql/smoke)")
+
+    # ---------------------------------------------------------------- nightly validation
+    p = command("validate", "run the nightly validation now; --accept-drop TABLE --reason TEXT", "nightly:validate",
+                description="Runs the checks of the nightly validation DAG against the database (CONSOLIDATION_DB_URL "
+                            "or the embedded server), records them in the validation history and writes the page. "
+                            "With --accept-drop, records in the ledger why a migrated table may hold fewer rows "
+                            "at the next validation, and runs nothing.")
+    p.add_argument("--schema", action="append", help="validate only this consolidated schema (repeatable)")
+    p.add_argument("--failures-only", action="store_true", help="print only the failing checks")
+    p.add_argument("--json", action="store_true", help="print the history rows of this run as JSON")
+    p.add_argument("--accept-drop", metavar="SCHEMA.TABLE", help="accept fewer rows in this migrated table")
+    p.add_argument("--reason", help="why the rows are gone (required with --accept-drop)")
+    p.add_argument("--min-rows", type=int, help="with --accept-drop: the lowest count accepted (default: the count now)")
+
+    # ---------------------------------------------------------------- 4D: decisions, status, report
+    for name, verb in (("approve", "approve"), ("reject", "reject")):
+        p = command(name, f"{verb} the pending cleanup request: --by NAME --reason TEXT [--request ID]",
+                    f"decisions:{name}",
+                    description=f"{verb.capitalize()} a Phase 4D cleanup request. Recorded with --by, the "
+                                "operating-system user and the database role; exits 1 with the reason when refused.")
+        p.add_argument("--by", required=True, help="who decides (recorded beside the OS user and database role)")
+        p.add_argument("--reason", required=True, help="why (at least 5 characters): what was reviewed")
+        p.add_argument("--request", type=int, default=None, help="request id (default: the single pending request)")
+
+    p = command("status", "phases, their latest gates, and any pending cleanup approval", "decisions:status")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
+    # ---------------------------------------------------------------- Airflow on this machine, the demo
+    sub = actions(command("airflow-local", "Airflow with its UI on this machine (make airflow): start | stop | status",
+                          description="Run Airflow's api-server (UI), scheduler, dag-processor and triggerer in the "
+                                      "background (LocalExecutor, metadata in the embedded PostgreSQL)."),
+                  "airflow_command")
+    p = action(sub, "start", "dev:airflow_start",
+               help="start (migrating the metadata first) and wait until the DAGs are loaded")
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for readiness (default 300)")
+    action(sub, "stop", "dev:airflow_stop", help="stop every component")
+    p = action(sub, "status", "dev:airflow_status", help="pids, health, URL and logins")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--check", action="store_true", help="exit 3 unless every component is running")
+
+    p = command("demo", "the whole job on the configured database, through the DAGs", "dev:demo")
+    p.add_argument("--scale", type=int, default=1, help="fixture scale when the database is empty")
+
+    p = command("report", "write the Phase 4 completion report (Markdown + HTML): [--run ID] [--out DIR]",
+                "commands:report",
+                description="Writes report.md and report.html (self-contained) for a 4D run "
+                            "(default: the latest) and records them in the ledger.")
+    p.add_argument("--run", help="run id of the 4D run (default: the latest run of 4D, else of 4B)")
+    p.add_argument("--out", help="folder (default: CONSOLIDATION_REPORT_DIR or .state/reports, /<run id>)")
+    p.add_argument("--json", action="store_true", help="print the collected data as JSON instead")
     return parser
 
 
-def _command_name(argv: Sequence[str]) -> str | None:
-    for token in argv:
-        if not token.startswith("-"):
-            return token if token in COMMANDS else None
-    return None
-
-
-def _load(name: str, target: str) -> Callable[[argparse._SubParsersAction], None]:
-    module_name, _, function = target.partition(":")
+def positive_int(text: str) -> int:
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        print(f"{PROG}: command {name!r} is not available yet ({module_name} does not exist)", file=sys.stderr)
-        raise SystemExit(2) from None
-    return getattr(module, function or "register")
-
-
-# --------------------------------------------------------------------------- db
-
-
-def register_db(subparsers: argparse._SubParsersAction) -> None:
-    db_parser = subparsers.add_parser("db", help=COMMANDS["db"][1], description="Manage the embedded PostgreSQL server.")
-    sub = db_parser.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-
-    p = sub.add_parser("start", help="initialise (once) and start the server; print its DSN")
-    p.set_defaults(func=_db_start)
-
-    p = sub.add_parser("stop", help="stop the server")
-    p.set_defaults(func=_db_stop)
-
-    p = sub.add_parser("status", help="running?, pid, port, data directory, DSN")
-    p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.add_argument("--check", action="store_true", help="exit 3 when the server is not running")
-    p.set_defaults(func=_db_status)
-
-    p = sub.add_parser("url", help="print the embedded server's DSN (does not start it)")
-    p.add_argument("--database", default=None, help="database name (default: betting)")
-    p.set_defaults(func=_db_url)
-
-    p = sub.add_parser("ping", help="connect to the database commands use (CONSOLIDATION_DB_URL or embedded)")
-    p.set_defaults(func=_db_ping)
-
-
-def _err(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def _db_start(args: argparse.Namespace) -> int:
-    from consolidation.core import config, embedded
-
-    if config.configured_db_url():
-        _err("note: CONSOLIDATION_DB_URL is set, so commands use that server, not the embedded one")
-    print(embedded.start(echo=_err))
-    return 0
-
-
-def _db_stop(args: argparse.Namespace) -> int:
-    from consolidation.core import embedded
-
-    if not embedded.stop(echo=_err):
-        _err(f"the embedded server is not running ({embedded.data_dir()})")
-    return 0
-
-
-def _db_status(args: argparse.Namespace) -> int:
-    from consolidation.core import embedded
-
-    info = embedded.status()
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        for key, value in info.items():
-            print(f"{key}: {value if value is not None else '-'}")
-    return 3 if args.check and not info["running"] else 0
-
-
-def _db_url(args: argparse.Namespace) -> int:
-    from consolidation.core import embedded
-
-    print(embedded.url(args.database) if args.database else embedded.url())
-    return 0
-
-
-def _db_ping(args: argparse.Namespace) -> int:
-    from consolidation.core import db
-
-    with db.connect() as conn:
-        version = conn.execute("SHOW server_version").fetchone()[0]
-        dsn = db.redact(db.resolve_dsn())
-    print(f"ok: {dsn} (PostgreSQL {version})")
-    return 0
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value

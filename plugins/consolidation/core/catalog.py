@@ -1,7 +1,19 @@
-"""Read the live catalog: relations, columns, keys, dependencies, grants, row counts.
+"""Read the live catalog: relations, columns, keys, dependencies, grants, row counts;
+and the names, existence and row checksums of relations.
 
 Everything comes from pg_catalog in a handful of queries per call; row counts are
 exact (count(*)), since the plan is judged against the data, not estimates.
+
+The row checksum of a relation is `count:sum` of a 64-bit hash of each row's text
+(`hashtextextended(ROW(t.*)::text, 0) AS h`, summed as numeric): equal multisets of rows
+give equal checksums, whatever their physical order, and it is one order-free scan (no
+sort, no string built, constant memory, no size limit: the former md5 over the sorted
+row md5s failed past 33,554,431 rows). Sums add up, so the checksum of a table is the sum
+of its segments' (checks.segments bisects by key hash to name differing rows). Backups,
+the 4B reconciliation, the approval fingerprint and the 4D gate all take it from here,
+so the values they compare (and an approval stored in a database is bound to) are one
+computation. The text of a value depends on the session's output settings: callers that
+compare checksums across sessions pin them (phases.backup.pin_output).
 """
 from __future__ import annotations
 
@@ -255,7 +267,7 @@ def introspect(conn, schemas: Iterable[str], *, count_rows: bool = True) -> Cata
 
 
 def count_rows_of(conn, schema: str, name: str) -> int:
-    q = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+    q = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name))
     return conn.execute(q).fetchone()[0]
 
 
@@ -322,3 +334,59 @@ def table_details(conn, schema: str, table: str) -> tuple[list[Constraint], list
     indexes = [Index(name, list(cols or []), uniq, method, definition, pred)
                for name, uniq, method, definition, pred, cols in cur.fetchall()]
     return constraints, indexes
+
+
+# ------------------------------------------------------------------ names, existence, row checksums
+# the aggregate over a column `h` of 64-bit row hashes: 'count:sum' ('0:0' when empty); the
+# sum of bigints is numeric in PostgreSQL, so it never overflows
+CHECKSUM = sql.SQL("(count(*)::text || ':' || coalesce(sum(h), 0)::text)")
+
+
+def row_hash_of(text: sql.Composable) -> sql.Composed:
+    """The 64-bit hash of a row's text that every checksum sums (one formula for the engine)."""
+    return sql.SQL("hashtextextended({}, 0)").format(text)
+
+
+def qualified_ident(qualified: str) -> sql.Identifier:
+    """`schema.table` as a quoted, qualified identifier."""
+    schema, table = qualified.split(".", 1)
+    return sql.Identifier(schema, table)
+
+
+def relation_exists(conn, schema: str, table: str) -> bool:
+    """Whether the relation schema.table exists (any kind: table, view, sequence, ...)."""
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                        (sql.Identifier(schema, table).as_string(conn),)).fetchone()[0]
+
+
+class QualifiedName:
+    """For dataclasses with `schema` and `table` fields: the relation's name and identifier."""
+
+    schema: str
+    table: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.table)
+
+
+def row_hashes(relation: sql.Composable, alias: str = "t") -> sql.Composed:
+    """`SELECT hashtextextended(ROW(t.*)::text, 0) AS h FROM relation AS t`: one hash per row."""
+    if not alias.isidentifier():
+        raise ValueError(f"alias {alias!r} is not a plain name")
+    return sql.SQL("SELECT {h} AS h FROM {r} AS {a}").format(
+        h=row_hash_of(sql.SQL("ROW({}.*)::text").format(sql.SQL(alias))), a=sql.SQL(alias), r=relation)
+
+
+def checksum_query(hashes: sql.Composable) -> sql.Composed:
+    """`SELECT checksum, count(*)` over a query returning row hashes as column `h`."""
+    return sql.SQL("SELECT {}, count(*) FROM ({}) AS x").format(CHECKSUM, hashes)
+
+
+def table_checksum_query(relation: sql.Composable) -> sql.Composed:
+    """`SELECT checksum, count(*)` of every row of a relation."""
+    return checksum_query(row_hashes(relation))

@@ -14,18 +14,18 @@ from typing import Any
 
 from psycopg import sql
 
+from consolidation.core.catalog import relation_exists
 from consolidation.core.plan import Plan
 
 # Statuses a ledger row moves through.
 RUNNING, SUCCESS, FAILED, REFUSED = "running", "success", "failed", "refused"
 
 
-def _ident(plan: Plan, name: str) -> sql.Composed:
-    schema, table = plan.tool_table(name)
-    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+def _ident(plan: Plan, name: str) -> sql.Identifier:
+    return sql.Identifier(*plan.tool_table(name))
 
 
-def tool_ident(plan: Plan, name: str) -> sql.Composed:
+def tool_ident(plan: Plan, name: str) -> sql.Identifier:
     """Qualified identifier of one of the tool's tables (ledger, quarantine, ...)."""
     return _ident(plan, name)
 
@@ -209,9 +209,7 @@ def latest(conn, plan: Plan, *, phase: str, kind: str, name: str | None = None) 
 
 
 def tool_tables_exist(conn, plan: Plan) -> bool:
-    schema, table = plan.tool_table("ledger")
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                        (sql.Identifier(schema, table).as_string(conn),)).fetchone()[0]
+    return relation_exists(conn, *plan.tool_table("ledger"))
 
 
 def rows(conn, plan: Plan, where: str | sql.Composable = "TRUE", params: tuple = ()) -> list[dict]:

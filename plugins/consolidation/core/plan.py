@@ -13,22 +13,57 @@ from typing import Any, Iterable
 
 from consolidation.core import config, strict_yaml
 
-ACTIONS = ("copy", "merge", "union", "delete")
 OBJECT_KINDS = ("table", "view")
 VIEW_MODES = ("snapshot", "recreate")
 
 _TOP_KEYS = {"plan", "description", "consolidated_schemas", "legacy_schemas", "tool", "defaults", "steps"}
 _LEGACY_KEYS = {"stated_tables", "stated_rows", "drop_schema"}
-_STEP_KEYS = {
-    "source", "action", "target", "rows", "object", "view_mode", "definition", "columns",
-    "key", "enrich", "add_columns", "target_key", "provenance", "quarantine_threshold",
-    "freshness", "ignore",
-}
+# Keys of every step; each action names the others it accepts (plan_keys).
+_COMMON_STEP_KEYS = {"source", "action", "rows", "object", "view_mode", "quarantine_threshold"}
 _MAPPING_KEYS = {"from", "cast", "default"}
 
 
 class PlanError(ValueError):
     """A plan that cannot be run; the message names the entry and the fix."""
+
+
+# -- the registry of step actions ---------------------------------------------
+# What an action means (the keys it accepts, its target, its SQL, its proofs) lives in
+# consolidation.actions, one module per action (the contract: consolidation.actions.base).
+# Core cannot import that layer: the actions register here when it is imported, which the
+# engine's package __init__ does, and core asks them through action_of(step).
+_ACTIONS: dict[str, Any] = {}
+
+
+def register_action(action) -> None:
+    """Make a step action known under its name (consolidation.actions does, once per action)."""
+    _ACTIONS[action.name] = action
+
+
+def registered_actions() -> list:
+    return list(_ACTIONS.values())
+
+
+def plan_actions() -> list[str]:
+    """The values a step's `action:` may take, in registration order."""
+    return [a.name for a in _ACTIONS.values() if a.in_plan]
+
+
+def named_action(name: str):
+    try:
+        return _ACTIONS[name]
+    except KeyError:
+        raise LookupError(f"no step action {name!r} is registered (registered: {', '.join(_ACTIONS) or 'none'}); "
+                          "import consolidation.actions") from None
+
+
+def action_of(step: "Step"):
+    """The action handling a step: its plan action, or the variant that resolves to (recreate_view)."""
+    return named_action(step.action).resolve(step)
+
+
+def _step_keys() -> set[str]:
+    return _COMMON_STEP_KEYS.union(*(a.plan_keys for a in _ACTIONS.values()))
 
 
 @dataclass(frozen=True)
@@ -98,7 +133,8 @@ class Step:
 
     @property
     def migrates_rows(self) -> bool:
-        return self.action != "delete" and not self.is_recreated_view
+        """4B moves rows for it (not for a delete, nor for a recreated view, which it only verifies)."""
+        return action_of(self).moves_rows
 
     @property
     def is_recreated_view(self) -> bool:
@@ -142,7 +178,8 @@ class Plan:
         return [s for s in self.steps if s.target == target]
 
     def migrating_steps(self) -> list[Step]:
-        return [s for s in self.steps if s.action != "delete"]
+        """Steps with a target (every action but delete): 4A, 4B and 4C act on them."""
+        return [s for s in self.steps if s.target is not None]
 
     def tool_table(self, name: str) -> tuple[str, str]:
         """(schema, table) of one of the tool's own tables, e.g. tool_table('ledger')."""
@@ -248,7 +285,7 @@ def _parse_step(i, entry, consolidated, legacy, default_threshold, default_view_
         raise PlanError(f"step {i}: must be a mapping with at least `source` and `action`")
     src = entry.get("source")
     label = f"step {i} ({src})" if src else f"step {i}"
-    _no_unknown(entry, _STEP_KEYS, label)
+    _no_unknown(entry, _step_keys(), label)
     if not src or not isinstance(src, str):
         raise PlanError(f"{label}: missing `source` (schema.table)")
     s_schema, s_table = _split(src, label, "source")
@@ -258,8 +295,8 @@ def _parse_step(i, entry, consolidated, legacy, default_threshold, default_view_
             f"add it under `legacy_schemas` or use one of {sorted(legacy)}"
         )
     action = entry.get("action")
-    if action not in ACTIONS:
-        raise PlanError(f"{label}: unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+    if action not in plan_actions():
+        raise PlanError(f"{label}: unknown action {action!r}; use one of {', '.join(plan_actions())}")
 
     step = Step(index=i, source_schema=s_schema, source_table=s_table, action=action)
     step.stated_rows = _opt_int(entry.get("rows"), f"{label}: rows")
@@ -275,24 +312,25 @@ def _parse_step(i, entry, consolidated, legacy, default_threshold, default_view_
             raise PlanError(f"{label}: view_mode {step.view_mode!r} must be one of {VIEW_MODES}")
     elif "view_mode" in entry:
         raise PlanError(f"{label}: view_mode applies to views only; add `object: view` or remove it")
-    step.definition = entry.get("definition")
 
-    if action == "delete":
-        for k in ("target", "columns", "key", "enrich", "add_columns"):
-            if k in entry:
-                raise PlanError(f"{label}: a delete step has no `{k}`; remove it or change the action")
-        return step
-
-    tgt = entry.get("target")
-    if not tgt:
-        raise PlanError(f"{label}: action {action} needs a `target` (schema.table)")
-    t_schema, t_table = _split(tgt, label, "target")
-    if t_schema not in consolidated:
-        raise PlanError(
-            f"{label}: target {tgt} is outside the consolidated schemas; "
-            f"use one of {sorted(consolidated)}"
-        )
-    step.target_schema, step.target_table = t_schema, t_table
+    # The action says which keys the step may and must have, and reads its own.
+    op = named_action(action).resolve(step)
+    for k in entry:
+        if k not in _COMMON_STEP_KEYS and k not in op.plan_keys:
+            owners = [a.described_as for a in _ACTIONS.values() if k in a.plan_keys]
+            raise PlanError(op.refused_key(label, k) or f"{label}: `{k}` applies to {' and '.join(owners)} only")
+    if "target" in op.plan_keys and entry.get("target"):
+        tgt = entry["target"]
+        t_schema, t_table = _split(tgt, label, "target")
+        if t_schema not in consolidated:
+            raise PlanError(
+                f"{label}: target {tgt} is outside the consolidated schemas; "
+                f"use one of {sorted(consolidated)}"
+            )
+        step.target_schema, step.target_table = t_schema, t_table
+    for k in op.required_keys:
+        if not entry.get(k):
+            raise PlanError(op.missing_key(step, label, k))
 
     step.columns = _parse_columns(entry.get("columns") or {}, label)
     step.add_columns = _parse_added(entry.get("add_columns") or {}, label)
@@ -300,53 +338,7 @@ def _parse_step(i, entry, consolidated, legacy, default_threshold, default_view_
     if not isinstance(ignore, dict) or any(not str(v or "").strip() for v in ignore.values()):
         raise PlanError(f"{label}: `ignore` maps a source column to the reason it is not migrated")
     step.ignore = {str(k): str(v) for k, v in ignore.items()}
-
-    if step.is_recreated_view:
-        if not step.definition or not str(step.definition).strip():
-            raise PlanError(
-                f"{label}: view_mode recreate needs a `definition` (the SELECT over the target tables); "
-                "or use view_mode: snapshot"
-            )
-        if action != "copy":
-            raise PlanError(f"{label}: a recreated view must use action copy")
-    elif step.definition:
-        raise PlanError(f"{label}: `definition` applies to views with view_mode: recreate only")
-
-    if action == "merge":
-        key = entry.get("key")
-        if not isinstance(key, dict) or not key:
-            raise PlanError(
-                f"{label}: a merge needs `key`: the business key as {{target_column: source_column}}"
-            )
-        step.key = {str(k): str(v) for k, v in key.items()}
-        enrich = entry.get("enrich") or []
-        if not isinstance(enrich, list):
-            raise PlanError(f"{label}: `enrich` must list target columns the merge may set")
-        for col in enrich:
-            if col not in step.columns:
-                raise PlanError(
-                    f"{label}: enrich column {col!r} is not mapped; add it under `columns` "
-                    "(target_column: source_column)"
-                )
-        step.enrich = list(enrich)
-    else:
-        for k in ("key", "enrich"):
-            if k in entry:
-                raise PlanError(f"{label}: `{k}` applies to merge steps only")
-
-    if action == "union":
-        step.target_key = entry.get("target_key")
-        prov = entry.get("provenance") or {}
-        if not step.target_key or not prov.get("table") or not prov.get("key"):
-            raise PlanError(
-                f"{label}: a union needs `target_key` (the new key column of {tgt}) and "
-                "`provenance: {table: <column>, key: <column>}` so every row keeps its source"
-            )
-        step.provenance_table, step.provenance_key = prov["table"], prov["key"]
-    else:
-        for k in ("target_key", "provenance"):
-            if k in entry:
-                raise PlanError(f"{label}: `{k}` applies to union steps only")
+    op.parse(step, entry, label)
 
     fresh = entry.get("freshness")
     if fresh is not None:
@@ -409,21 +401,16 @@ def _check_plan(plan: Plan) -> None:
     for target, steps in by_target.items():
         if len(steps) < 2:
             continue
-        actions = {s.action for s in steps}
-        names = ", ".join(s.source for s in steps)
-        if actions == {"union"}:
-            shapes = {(s.target_key, s.provenance_table, s.provenance_key) for s in steps}
-            if len(shapes) > 1:
-                raise PlanError(
-                    f"union into {target}: {names} disagree on target_key/provenance; give them the same values"
-                )
-        elif actions == {"merge"}:
+        op = action_of(steps[0])
+        if op.shared_target_rule and all(action_of(s) is op for s in steps):
+            problem = op.shared_target_problem(target, steps)
+            if problem:
+                raise PlanError(problem)
             continue
-        else:
-            raise PlanError(
-                f"two sources feed {target} ({names}) without a rule: make them all `union` "
-                "(rows keep their source table and key) or all `merge` on a business key"
-            )
+        rules = " or ".join(a.shared_target_rule for a in _ACTIONS.values() if a.shared_target_rule)
+        raise PlanError(
+            f"two sources feed {target} ({', '.join(s.source for s in steps)}) without a rule: make them {rules}"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -454,32 +441,8 @@ def check_against_catalog(plan: Plan, catalog) -> list[str]:
         tgt_cols = catalog.columns(s.target_schema, s.target_table)
         if tgt_cols is None:
             continue  # created by 4A from the source
-        if s.is_recreated_view:
-            continue
-        known = set(tgt_cols) | set(s.add_columns)
-        for col in list(s.columns) + list(s.key):
-            if col not in known:
-                problems.append(
-                    f"{s.label}: maps to {s.target}.{col}, which does not exist; "
-                    f"fix the name or declare it under add_columns (existing: {', '.join(sorted(tgt_cols))})"
-                )
-        if s.action in ("copy", "union", "merge"):
-            mapped = s.mapped_source_columns() | set(s.key.values())
-            for col in src_cols:
-                if col in mapped or col in s.ignore or col in known:
-                    continue
-                if s.action == "union" and col == _single_key(catalog, s):
-                    continue
-                problems.append(
-                    f"{s.label}: source column {s.source}.{col} has no column in {s.target}; "
-                    "map it under `columns`, add it with add_columns, or list it under `ignore` with a reason"
-                )
+        problems += action_of(s).catalog_problems(s, src_cols, tgt_cols, catalog)
     return problems
-
-
-def _single_key(catalog, step: Step) -> str | None:
-    pk = getattr(catalog, "primary_key", lambda *_: None)(step.source_schema, step.source_table)
-    return pk[0] if pk and len(pk) == 1 else None
 
 
 # ---------------------------------------------------------------------------

@@ -4,17 +4,19 @@ A spec is built from the live source tables and the plan's mapping, never from
 `CREATE TABLE ... LIKE ... INCLUDING ALL` (which would keep nextval() defaults on the
 legacy sequences). Keys get their own identity in the target schema; foreign keys are
 re-pointed at the targets of the tables they referenced; nothing refers back to a
-legacy object.
+legacy object. What depends on a step's action (its flows, its target's key and columns,
+how a foreign key to it is re-pointed) is asked of the action (core.plan.action_of).
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 
 from psycopg import sql
 
-from consolidation.core.catalog import Catalog, table_details
-from consolidation.core.plan import Plan, PlanError, Step
+from consolidation.core.catalog import Catalog, QualifiedName, table_details
+from consolidation.core.plan import Plan, PlanError, Step, action_of
 
 
 @dataclass
@@ -80,7 +82,7 @@ class IndexSpec:
 
 
 @dataclass
-class TargetSpec:
+class TargetSpec(QualifiedName):
     schema: str
     table: str
     kind: str  # table | view
@@ -103,24 +105,18 @@ class TargetSpec:
     def exists_before_plan(self) -> bool:
         return self.exists and not self.created_by_plan
 
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.table}"
-
-    @property
-    def ident(self) -> sql.Composed:
-        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(self.table))
-
     def column(self, name: str) -> ColumnSpec | None:
         return next((c for c in self.columns if c.name == name), None)
 
 
-def source_ident(step: Step) -> sql.Composed:
-    return sql.SQL("{}.{}").format(sql.Identifier(step.source_schema), sql.Identifier(step.source_table))
+def source_ident(step: Step) -> sql.Identifier:
+    return sql.Identifier(step.source_schema, step.source_table)
 
 
 def _short(name: str) -> str:
-    return name if len(name) <= 63 else name[:54] + "_" + format(abs(hash(name)) % 16**8, "08x")
+    """`name` within PostgreSQL's 63 characters: cut, plus 8 hex digits of its sha256, so the
+    same long name gives the same short one in every process (hash() differs per process)."""
+    return name if len(name) <= 63 else name[:54] + "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
 def resolve_type(conn, type_text: str, label: str) -> str:
@@ -153,7 +149,8 @@ def derive_specs(conn, plan: Plan, catalog: Catalog, created: set[str] | frozens
     return specs
 
 
-def _source_columns(catalog: Catalog, step: Step):
+def source_relation(catalog: Catalog, step: Step):
+    """The step's source relation in the catalog (a PlanError when it is gone)."""
     rel = catalog.relation(step.source_schema, step.source_table)
     if rel is None:
         raise PlanError(f"{step.label}: source {step.source} does not exist; run the inventory")
@@ -161,122 +158,19 @@ def _source_columns(catalog: Catalog, step: Step):
 
 
 def flows_for(conn, catalog: Catalog, step: Step, existing=None) -> list[Flow]:
-    """Target columns of a step and how each is computed from the source row."""
-    rel = _source_columns(catalog, step)
-    flows: list[Flow] = []
-    if step.action == "merge":
-        pairs = [(t, s, None, None) for t, s in step.key.items()]
-        pairs += [(m.target, m.source, m.cast, m.default) for m in step.columns.values()]
-        for tcol, scol, cast_text, default in pairs:
-            src = rel.columns.get(scol) if scol else None
-            cast = resolve_type(conn, cast_text, step.label) if cast_text else None
-            if tcol in step.add_columns:
-                typ = resolve_type(conn, step.add_columns[tcol].type, step.label)
-            elif existing is not None and tcol in existing.columns:
-                typ = existing.columns[tcol].type
-            else:
-                typ = cast or (src.type if src else "text")
-            flows.append(Flow(tcol, typ, scol, cast, default))
-        return flows
-
-    if step.action == "union":
-        flows.append(Flow(step.provenance_table, "text", provenance="table"))
-        flows.append(Flow(step.provenance_key, "text", provenance="key"))
-    by_source = {m.source: m for m in step.columns.values() if m.source}
-    for col in rel.columns.values():
-        if col.name in step.ignore:
-            continue
-        m = by_source.get(col.name)
-        if step.action == "union" and col.name in rel.primary_key and m is None:
-            continue  # the source key lives on as the provenance key
-        cast = resolve_type(conn, m.cast, step.label) if m and m.cast else None
-        flows.append(Flow(m.target if m else col.name, cast or col.type, col.name, cast, m.default if m else None))
-    for m in step.columns.values():
-        if m.source is None:
-            typ = existing.columns[m.target].type if existing is not None and m.target in existing.columns else "text"
-            flows.append(Flow(m.target, typ, None, None, m.default))
-    return flows
+    """Target columns of a step and how each is computed from the source row (its action says)."""
+    return action_of(step).flows(conn, catalog, step, existing)
 
 
 def _fill(conn, plan: Plan, catalog: Catalog, spec: TargetSpec) -> None:
+    """Columns, key and constraints of one target: its first step's action derives them."""
     existing = catalog.relation(spec.schema, spec.table)
-    first = spec.steps[0]
-    if first.is_recreated_view:
-        spec.kind = "view"
-        spec.view_definition = first.definition
-        rel = _source_columns(catalog, first)
-        spec.columns = [ColumnSpec(c.name, c.type) for c in rel.columns.values()]
-        return
-    for step in spec.steps:
-        spec.flows[step.name] = flows_for(conn, catalog, step, existing)
-        spec.source_pks[step.name] = _source_columns(catalog, step).primary_key
+    action_of(spec.steps[0]).fill_spec(conn, plan, catalog, spec, existing)
 
-    # The key identifies, in target terms, which source row a target row came from.
-    if first.action == "union":
-        spec.key = [first.provenance_table, first.provenance_key]
-    elif first.action == "merge":
-        spec.key = list(first.key)
-    else:
-        rename = {f.source: f.target for f in spec.flows[first.name] if f.source}
-        pk = spec.source_pks[first.name]
-        if pk and all(c in rename for c in pk):
-            spec.key = [rename[c] for c in pk]
-        elif existing is not None:
-            spec.key = list(existing.primary_key)
 
-    if spec.exists:
-        spec.columns = [ColumnSpec(c.name, c.type, c.not_null, c.default, bool(c.identity))
-                        for c in existing.columns.values()]
-        spec.primary_key = list(existing.primary_key)
-        return
-
-    if first.action == "merge":
-        raise PlanError(f"{first.label}: merge target {first.target} does not exist; a merge enriches an "
-                        "existing table: create it first or use action copy")
-
-    if first.action == "union":
-        spec.columns.append(ColumnSpec(first.target_key, "bigint", True, None, identity=True))
-        spec.primary_key = [first.target_key]
-        spec.uniques.append([first.provenance_table, first.provenance_key])
-        seen: dict[str, ColumnSpec] = {}
-        for step in spec.steps:
-            rel = _source_columns(catalog, step)
-            for f in spec.flows[step.name]:
-                if f.target in seen:
-                    if seen[f.target].type != f.type:
-                        raise PlanError(
-                            f"{step.label}: column {f.target} is {f.type} here but {seen[f.target].type} in another "
-                            f"source of {spec.qualified}; add a cast under `columns` so both agree")
-                    continue
-                src_col = rel.columns.get(f.source) if f.source else None
-                col = ColumnSpec(f.target, f.type, f.provenance == "table")
-                if src_col is not None and src_col.default and "nextval(" not in src_col.default:
-                    col.default = _portable_default(src_col.default, plan, spec, step)
-                seen[f.target] = col
-                if f.target not in (first.target_key,):
-                    spec.columns.append(col)
-        spec.notes.append(f"union of {', '.join(s.source for s in spec.steps)}: key {first.target_key} is new; "
-                          f"rows keep {first.provenance_table} and {first.provenance_key}")
-        return
-
-    # copy into a new table (also a view snapshot)
-    step = first
-    rel = _source_columns(catalog, step)
-    rename = {f.source: f.target for f in spec.flows[step.name] if f.source}
-    for f in spec.flows[step.name]:
-        src = rel.columns.get(f.source) if f.source else None
-        col = ColumnSpec(f.target, f.type, bool(src and src.not_null))
-        if src is not None and (src.identity or (src.default and "nextval(" in src.default)):
-            col.identity = True
-        elif src is not None and src.default:
-            col.default = _portable_default(src.default, plan, spec, step)
-        elif f.default is not None:
-            col.not_null = False
-        spec.columns.append(col)
-    spec.primary_key = list(spec.key)
-    if step.object == "view":
-        spec.notes.append(f"snapshot of view {step.source}: its rows are copied into a table")
-        return
+def carry_table_details(conn, spec: TargetSpec, step: Step, rename: dict[str, str]) -> None:
+    """The source table's unique and check constraints and plain indexes, on the renamed
+    columns of a target created from it alone (what cannot be carried over is noted)."""
     constraints, indexes = table_details(conn, step.source_schema, step.source_table)
     for con in constraints:
         if con.type == "u" and all(c in rename for c in con.columns):
@@ -294,7 +188,7 @@ def _fill(conn, plan: Plan, catalog: Catalog, spec: TargetSpec) -> None:
             spec.notes.append(f"index {ix.name} not carried over (expression or partial): {ix.definition}")
 
 
-def _portable_default(default: str, plan: Plan, spec: TargetSpec, step: Step) -> str | None:
+def portable_default(default: str, plan: Plan, spec: TargetSpec, step: Step) -> str | None:
     """A source default, unless it names a legacy object (then dropped, with a note)."""
     for legacy in plan.legacy_schemas:
         if re.search(rf'(^|[^\w"]){re.escape(legacy)}\.|"{re.escape(legacy)}"\.', default):
@@ -318,31 +212,24 @@ def _repoint_foreign_keys(conn, plan: Plan, catalog: Catalog, specs: dict[str, T
                 spec.foreign_keys.append(ForeignKey([rename[c] for c in con.columns], con.ref_schema, con.ref_table,
                                                     con.ref_columns, con.name))
                 continue
+            # the referenced step's action says where (if anywhere) its source's columns live on
             ref_step = plan.step_for_source(con.ref_schema, con.ref_table)
-            if ref_step is None or ref_step.action == "delete" or ref_step.action == "union":
+            ref_action = action_of(ref_step) if ref_step is not None else None
+            ref_spec = specs.get(ref_step.target) if ref_step is not None else None
+            ref_cols = ref_action.fk_columns(ref_step, ref_spec, con.ref_columns) if ref_action else None
+            if ref_cols is None:
                 spec.notes.append(f"foreign key {con.name} ({con.definition}) not carried over: "
                                   f"{con.ref_schema}.{con.ref_table} is not migrated one-to-one")
                 continue
-            ref_spec = specs[ref_step.target]
-            ref_rename = {f.source: f.target for f in ref_spec.flows.get(ref_step.name, []) if f.source}
-            if ref_step.action == "merge":
-                ref_rename.update({s: t for t, s in ref_step.key.items()})
-            ref_cols = [ref_rename.get(c) for c in con.ref_columns]
             if None in ref_cols:
                 spec.notes.append(f"foreign key {con.name} not carried over: referenced columns are not migrated")
                 continue
-            if ref_step.action == "merge" and not _unique_in_target(ref_spec, ref_step, ref_cols, catalog):
-                spec.notes.append(f"foreign key {con.name} not carried over: {ref_step.target}({', '.join(ref_cols)}) "
-                                  "is not unique; declare it `unique: true` under add_columns")
+            problem = ref_action.fk_problem(ref_step, ref_spec, ref_cols)
+            if problem:
+                spec.notes.append(f"foreign key {con.name} not carried over: {problem}")
                 continue
             spec.foreign_keys.append(ForeignKey([rename[c] for c in con.columns], ref_spec.schema, ref_spec.table,
                                                 ref_cols, con.name))
-
-
-def _unique_in_target(ref_spec: TargetSpec, step: Step, cols: list[str], catalog: Catalog) -> bool:
-    if len(cols) == 1 and cols[0] in step.add_columns and step.add_columns[cols[0]].unique:
-        return True
-    return cols == ref_spec.primary_key or cols in ref_spec.uniques
 
 
 # ---------------------------------------------------------------------------
@@ -369,7 +256,7 @@ def compare_existing(spec: TargetSpec, catalog: Catalog) -> list[str]:
                     continue
                 diff.append(f"  {f.target}: missing in {spec.qualified} (the plan fills it from "
                             f"{step.source}.{f.source or '<default>'} as {f.type})")
-            elif col.type != f.type and not (f.target in added and step.action == "merge"):
+            elif col.type != f.type and action_of(step).checks_flow_type(step, f.target):
                 diff.append(f"  {f.target}: {spec.qualified} has {col.type}, the plan gives {f.type} "
                             f"(from {step.source}.{f.source}); add `cast: {col.type}` or fix the target")
         for name, a in added.items():
@@ -378,10 +265,9 @@ def compare_existing(spec: TargetSpec, catalog: Catalog) -> list[str]:
                 diff.append(f"  {name}: {spec.qualified} already has it as {col.type}, the plan adds it as {a.type}")
     # A merge only inserts source rows that match no target row; such a row missing a
     # required column is quarantined with its reason, so only copies must fill them all.
-    merging = all(step.action == "merge" for step in spec.steps)
+    if not any(action_of(step).requires_every_column for step in spec.steps):
+        return diff
     for col in rel.columns.values():
-        if merging:
-            break
         if col.name not in filled and col.not_null and col.default is None and not col.identity:
             diff.append(f"  {col.name}: NOT NULL without default in {spec.qualified}, and no step fills it")
     return diff

@@ -21,12 +21,6 @@ PHASE_DAGS = [
 ]
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="run the whole job on the configured database (fixture, inventory, phases)")
-    p.add_argument("--scale", type=int, default=1, help="fixture scale when the database is empty")
-    p.set_defaults(func=run)
-
-
 def _airflow_env(dsn: str) -> None:
     os.environ.setdefault("AIRFLOW_HOME", str(config.state_dir() / "airflow"))
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")

@@ -19,10 +19,7 @@ public.game_outcomes.id) is added after the SQL files, by CROSS_SCHEMA_FK below.
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -227,9 +224,7 @@ def count_rows(conn: psycopg.Connection, names) -> dict[str, int]:
     """count(*) of each schema-qualified relation, in one round trip."""
     names = list(names)
     parts = [
-        sql.SQL("SELECT {}::text, count(*) FROM {}.{}").format(
-            sql.Literal(name), *map(sql.Identifier, name.split(".", 1))
-        )
+        sql.SQL("SELECT {}::text, count(*) FROM {}").format(sql.Literal(name), sql.Identifier(*name.split(".", 1)))
         for name in names
     ]
     rows = conn.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()
@@ -242,8 +237,8 @@ def _analyze(conn: psycopg.Connection, names) -> None:
     # The jsonb payload's statistics alone cost ~0.5 s: left to autovacuum.
     skip = {"public.sbr_parsed_games": ["id", "raw_html_id", "game_date", "home_team", "away_team", "parsed_at"]}
     targets = sql.SQL(", ").join(
-        sql.SQL("{}.{}{}").format(
-            *map(sql.Identifier, name.split(".", 1)),
+        sql.SQL("{}{}").format(
+            sql.Identifier(*name.split(".", 1)),
             sql.SQL(" ({})").format(sql.SQL(", ").join(map(sql.Identifier, skip[name])))
             if name in skip else sql.SQL(""),
         )
@@ -264,92 +259,3 @@ def _connection(conn_or_dsn) -> Iterator[psycopg.Connection]:
         return
     with db.connect(conn_or_dsn) as conn:
         yield conn
-
-
-# ------------------------------------------------------------------ command line
-def register(subparsers) -> argparse.ArgumentParser:
-    """Add `fixture build [--scale N] [--if-empty]` to a CLI's subparsers; handler: func=cli."""
-    parser = subparsers.add_parser(
-        "fixture",
-        help="build the deterministic Phase 1-3 database Phase 4 runs against",
-        description=__doc__.split("\n\n", 1)[0],
-    )
-    actions = parser.add_subparsers(dest="fixture_command", metavar="{build}")
-    actions.required = True
-    b = actions.add_parser(
-        "build",
-        help="create the legacy and consolidated schemas with deterministic rows",
-        description="Create the six legacy schemas (34 objects) and the four consolidated "
-        "schemas in one transaction, into CONSOLIDATION_DB_URL or the embedded server.",
-    )
-    b.add_argument("--scale", type=_positive_int, default=1, metavar="N",
-                   help="multiply the five large tables by N (default 1: the plan's counts)")
-    b.add_argument("--if-empty", action="store_true",
-                   help="do nothing (exit 0) when the schemas already exist, instead of failing")
-    b.set_defaults(func=cli)
-    return parser
-
-
-def cli(args: argparse.Namespace) -> int:
-    """Run `fixture build`: print a short summary; 0 on success or skip, 1 if refused.
-
-    db.DatabaseUnreachable propagates (the consolidation CLI prints it as one line, exit 2).
-    """
-    scale = getattr(args, "scale", 1)
-    if_empty = getattr(args, "if_empty", False)
-    target = db.redact(db.resolve_dsn())
-    started = time.perf_counter()
-    try:
-        with db.connect() as conn:
-            counts = build(conn, scale, if_empty=if_empty)
-            present = [] if counts else present_objects(conn)
-    except FixtureError as exc:
-        print(f"fixture build failed: {exc}", file=sys.stderr)
-        return 1
-    elapsed = time.perf_counter() - started
-    if not counts:
-        print(f"fixture: {target} already has {describe(present)}; nothing built (--if-empty)")
-        return 0
-    legacy = {k: v for k, v in counts.items() if k in LEGACY_OBJECTS}
-    print(
-        f"fixture built into {target} (scale {scale}) in {elapsed:.2f} s: "
-        f"{len(legacy)} legacy objects ({len(VIEWS)} views) in {len(LEGACY_SCHEMAS)} schemas, "
-        f"{sum(legacy.values()):,} legacy rows; "
-        + ", ".join(f"{k} {v}" for k, v in counts.items() if k not in LEGACY_OBJECTS)
-    )
-    for schema in LEGACY_SCHEMAS:
-        objs = {k: v for k, v in legacy.items() if k.startswith(schema + ".")}
-        print(f"  {schema:<12} {len(objs):>2} objects {sum(objs.values()):>8,} rows")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m consolidation.dev.fixture build [--scale N] [--if-empty]`, or args from a CLI."""
-    if isinstance(argv, argparse.Namespace):
-        return cli(argv)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] != ["fixture"]:
-        argv = ["fixture", *argv]
-    parser = argparse.ArgumentParser(prog="consolidation")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except db.DatabaseUnreachable as exc:
-        print(" ".join(str(exc).split()), file=sys.stderr)
-        return 2
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sys.exit(main())

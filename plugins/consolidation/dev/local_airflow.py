@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from consolidation.core import config
+from consolidation.core import config, dsn as dsns
+from consolidation.core.dsn import libpq_url, redact
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 DEFAULT_PORT = 8080
@@ -80,8 +81,7 @@ def embedded_meta_url(database: str = META_DATABASE) -> str:
 
     embedded.start()
     create_database(embedded.url("postgres"), database)
-    info = _conninfo(embedded.url(database))
-    return _sqlalchemy_url(info)
+    return sqlalchemy_url(embedded.url(database))
 
 
 def create_database(maintenance_dsn: str, name: str) -> bool:
@@ -96,36 +96,15 @@ def create_database(maintenance_dsn: str, name: str) -> bool:
         return True
 
 
-def _conninfo(dsn: str) -> dict:
-    from psycopg.conninfo import conninfo_to_dict
-
-    return conninfo_to_dict(dsn)
-
-
-def _sqlalchemy_url(info: dict, driver: str = "postgresql+psycopg2") -> str:
-    from urllib.parse import quote
-
-    auth = quote(info.get("user", "postgres"), safe="")
-    if info.get("password"):
-        auth += ":" + quote(info["password"], safe="")
-    return f"{driver}://{auth}@{info.get('host', '127.0.0.1')}:{info.get('port', '5432')}/{info['dbname']}"
-
-
 def sqlalchemy_url(dsn: str) -> str:
     """SQLAlchemy URL (psycopg2 driver, Airflow's default) of a libpq DSN or URL."""
-    return _sqlalchemy_url(_conninfo(dsn))
+    return dsns.url(dsn, "postgresql+psycopg2")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def libpq_url(sqlalchemy_url: str) -> str:
-    """postgresql+psycopg2://... -> postgresql://... (for psycopg)."""
-    scheme, rest = sqlalchemy_url.split("://", 1)
-    return "postgresql://" + rest
 
 
 @dataclass
@@ -273,7 +252,7 @@ class LocalAirflow:
                 raise LocalAirflowError(
                     f"port {self.port} is taken by another program; set CONSOLIDATION_AIRFLOW_PORT to a free port")
             self._prepare_target(settings["target_dsn"])
-            self.echo(f"airflow db migrate (metadata: {_redact(settings['meta_url'])}) ...")
+            self.echo(f"airflow db migrate (metadata: {redact(settings['meta_url'])}) ...")
             done = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env,
                                   capture_output=True, text=True, cwd=config.REPO_ROOT)
             (self.run_dir / "db-migrate.log").write_text(done.stdout + done.stderr)
@@ -295,7 +274,7 @@ class LocalAirflow:
             if fixture.is_empty(conn):
                 counts = fixture.build(conn)
                 conn.commit()
-                self.echo(f"built the legacy fixture into {db.redact(dsn)}: {sum(counts.values()):,} rows")
+                self.echo(f"built the legacy fixture into {redact(dsn)}: {sum(counts.values()):,} rows")
 
     def _spawn(self, component: str, env: dict[str, str]) -> int:
         argv = [sys.executable, "-m", "airflow", *_argv(component)]
@@ -441,12 +420,6 @@ def _fernet_key() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).decode()
 
 
-def _redact(url: str) -> str:
-    from consolidation.core.db import redact
-
-    return redact(url)
-
-
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
@@ -518,76 +491,3 @@ def group_alive(pgid: int) -> bool:
 
 
 _group_alive = group_alive
-
-
-# --------------------------------------------------------------------------- CLI
-def from_environment() -> LocalAirflow:
-    return LocalAirflow(home=airflow_home(),
-                        port=int(os.environ.get("CONSOLIDATION_AIRFLOW_PORT") or DEFAULT_PORT))
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "airflow-local", help="Airflow with its UI on this machine: start | stop | status",
-        description="Run Airflow's api-server (UI), scheduler, dag-processor and triggerer in the background "
-                    "(LocalExecutor, metadata in the embedded PostgreSQL).")
-    sub = p.add_subparsers(dest="airflow_command", metavar="ACTION", required=True)
-    s = sub.add_parser("start", help="start (migrating the metadata first) and wait until the DAGs are loaded")
-    s.add_argument("--timeout", type=float, default=300, help="seconds to wait for readiness (default 300)")
-    s.set_defaults(func=_cli_start)
-    s = sub.add_parser("stop", help="stop every component")
-    s.set_defaults(func=_cli_stop)
-    s = sub.add_parser("status", help="pids, health, URL and logins")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--check", action="store_true", help="exit 3 unless every component is running")
-    s.set_defaults(func=_cli_status)
-
-
-def _print_logins(af: LocalAirflow) -> None:
-    passwords = af.passwords()
-    print(f"\nAirflow UI: {af.url}  (log in with one of)")
-    for user, role in USERS.items():
-        what = "triggers the phase DAGs" if user == "operator" else "approves the cleanup (DAG phase4d_cleanup_approval)"
-        print(f"  {user:<9} password {passwords[user]:<14} role {role:<6} {what}")
-    print(f"passwords file: {af.passwords_file}; logs and pids: {af.run_dir}; stop with `make airflow-stop`")
-
-
-def _cli_start(args) -> int:
-    af = from_environment()
-    started = time.monotonic()
-    try:
-        result = af.start(timeout=args.timeout)
-    except LocalAirflowError as exc:
-        print(f"airflow-local: {exc}", file=sys.stderr)
-        return 1
-    settings = af.settings()
-    from consolidation.core.db import redact
-
-    print(f"ready in {time.monotonic() - started:.0f} s: {', '.join(f'{c} {p}' for c, p in result['pids'].items())}")
-    print(f"consolidation_db: {redact(settings['target_dsn'])}; metadata: {_redact(settings['meta_url'])}")
-    print(f"DAGs: {', '.join(dag_ids())}")
-    _print_logins(af)
-    return 0
-
-
-def _cli_stop(args) -> int:
-    af = from_environment()
-    if not af.stop():
-        print("Airflow (airflow-local) is not running")
-    return 0
-
-
-def _cli_status(args) -> int:
-    af = from_environment()
-    st = af.status()
-    if args.json:
-        print(json.dumps(st, indent=2))
-        return 3 if args.check and not all(st["components"].values()) else 0
-    for component, pid in st["components"].items():
-        print(f"{component:<14} {'running, pid ' + str(pid) if pid else 'stopped'}")
-    health = st["health"]
-    if health:
-        print("health: " + ", ".join(f"{k} {v.get('status')}" for k, v in health.items() if isinstance(v, dict)))
-    if any(st["components"].values()):
-        _print_logins(af)
-    return 3 if args.check and not all(st["components"].values()) else 0

@@ -19,6 +19,7 @@ from typing import Any
 from psycopg import sql
 
 from consolidation.core import ledger
+from consolidation.core.catalog import relation_exists
 from consolidation.core.ledger import tool_ident
 from consolidation.core.plan import Plan
 
@@ -111,9 +112,7 @@ def ensure_table(conn, plan: Plan) -> None:
 
 
 def table_exists(conn, plan: Plan) -> bool:
-    schema, table = plan.tool_table("approvals")
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                        (sql.Identifier(schema, table).as_string(conn),)).fetchone()[0]
+    return relation_exists(conn, *plan.tool_table("approvals"))
 
 
 def _lock(conn, plan: Plan) -> None:

@@ -7,16 +7,16 @@ snapshot, and in that same snapshot the engine
 * re-computes the reconciliation digest and compares it with the approved fingerprint
   (so what is dumped is exactly what the person approved), and
 * computes a checksum of every table it dumps: an order-independent md5 over the md5 of
-  each row's text (`md5(string_agg(md5(ROW(t.*)::text), '' ORDER BY 1))`, with the
-  output settings pinned), and the same for every consolidated target (the baseline the
-  post-cleanup gate compares with).
+  each row's text (core.catalog.table_checksum_query, with the output settings pinned),
+  and the same for every consolidated target (the baseline the post-cleanup gate
+  compares with).
 
 An archive counts only when it is readable (`pg_restore --list`), lists data for every
 table whose checksum was taken, and its size and sha256 are in the ledger (kind
 'backup') and in manifest.json beside the archives.
 
 Credentials reach pg_dump/pg_restore/psql as PG* environment variables derived from the
-DSN (psycopg.conninfo.conninfo_to_dict): never on a command line.
+DSN (core.dsn.pg_env): never on a command line.
 
 Restore (`restore_schemas`): all archives in one psql transaction, pre-data of every
 archive first, then data, then post-data, so foreign keys between legacy schemas (e.g.
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 import tempfile
@@ -37,27 +36,13 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
-from consolidation.core import config, ledger
+from consolidation.core import config, dsn as dsns, ledger
+from consolidation.core.catalog import relation_exists, table_checksum_query
+from consolidation.core.files import atomic_write, safe_name
 from consolidation.core.plan import Plan
 
 PHASE = "4D"
-
-# libpq connection keywords -> the environment variables libpq reads.
-_PG_ENV = {
-    "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER",
-    "password": "PGPASSWORD", "passfile": "PGPASSFILE", "service": "PGSERVICE", "options": "PGOPTIONS",
-    "application_name": "PGAPPNAME", "connect_timeout": "PGCONNECT_TIMEOUT", "sslmode": "PGSSLMODE",
-    "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY", "sslrootcert": "PGSSLROOTCERT", "sslcrl": "PGSSLCRL",
-    "sslcrldir": "PGSSLCRLDIR", "sslsni": "PGSSLSNI", "sslnegotiation": "PGSSLNEGOTIATION",
-    "requiressl": "PGREQUIRESSL", "sslcompression": "PGSSLCOMPRESSION",
-    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION", "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
-    "gssencmode": "PGGSSENCMODE", "krbsrvname": "PGKRBSRVNAME", "gsslib": "PGGSSLIB",
-    "channel_binding": "PGCHANNELBINDING", "require_auth": "PGREQUIREAUTH",
-    "target_session_attrs": "PGTARGETSESSIONATTRS", "load_balance_hosts": "PGLOADBALANCEHOSTS",
-    "client_encoding": "PGCLIENTENCODING",
-}
 
 # Text output of values depends on these settings; checksums are taken with them pinned,
 # so a checksum at backup time and one after a restore (another session) are comparable.
@@ -82,16 +67,10 @@ class Archive:
 # ------------------------------------------------------------------ credentials
 def pg_env(dsn: str) -> dict[str, str]:
     """Environment for the PostgreSQL client programs: os.environ with PG* from the DSN."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    for key, value in conninfo_to_dict(dsn).items():
-        if value in (None, ""):
-            continue
-        var = _PG_ENV.get(key)
-        if var is None:
-            raise BackupFailed(f"connection option {key!r} of the database DSN has no libpq environment "
-                               "variable; remove it from the DSN or set it in the environment yourself")
-        env[var] = str(value)
-    return env
+    try:
+        return dsns.pg_env(dsn)
+    except ValueError as exc:
+        raise BackupFailed(str(exc)) from None
 
 
 def _run(args: list[str], env: dict, what: str) -> subprocess.CompletedProcess:
@@ -125,10 +104,7 @@ def tables_of(conn, schema: str) -> list[str]:
 
 def table_checksum(conn, schema: str, table: str) -> dict:
     """{"rows", "checksum"}: md5 over the sorted md5s of every row (order-independent)."""
-    row = conn.execute(sql.SQL(
-        "SELECT md5(coalesce(string_agg(h, '' ORDER BY h), '')), count(*) "
-        "FROM (SELECT md5(ROW(t.*)::text) AS h FROM {}.{} AS t) AS x").format(
-        sql.Identifier(schema), sql.Identifier(table))).fetchone()
+    row = conn.execute(table_checksum_query(sql.Identifier(schema, table))).fetchone()
     return {"rows": row[1], "checksum": row[0]}
 
 
@@ -139,7 +115,7 @@ def schema_checksums(conn, schema: str) -> dict[str, dict]:
 
 def target_tables(plan: Plan) -> list[str]:
     """The consolidated tables the plan writes (recreated views excluded)."""
-    return sorted({s.target for s in plan.migrating_steps() if not s.is_recreated_view})
+    return sorted({s.target for s in plan.migrating_steps() if s.migrates_rows})
 
 
 def target_baseline(conn, plan: Plan) -> dict[str, dict]:
@@ -147,7 +123,7 @@ def target_baseline(conn, plan: Plan) -> dict[str, dict]:
     out = {}
     for name in target_tables(plan):
         schema, table = name.split(".", 1)
-        if conn.execute("SELECT to_regclass(%s)", (sql.Identifier(schema, table).as_string(conn),)).fetchone()[0]:
+        if relation_exists(conn, schema, table):
             out[name] = table_checksum(conn, schema, table)
     return out
 
@@ -155,10 +131,6 @@ def target_baseline(conn, plan: Plan) -> dict[str, dict]:
 # ------------------------------------------------------------------ backup
 def default_folder(run_id: str) -> Path:
     return config.backup_dir() / safe_name(run_id)
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
 
 
 def sha256_of(path: Path) -> str:
@@ -244,7 +216,7 @@ def take_backup(dsn: str, plan: Plan, folder: Path, *, run_id: str, user: str | 
     taken_at = datetime.now(timezone.utc).isoformat()
     manifest = {"run_id": run_id, "taken_at": taken_at, "plan_sha256": plan.sha256, "snapshot": snapshot,
                 "fingerprint": fp, "archives": [asdict(a) for a in archives], "baseline": baseline}
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
     with psycopg.connect(dsn, connect_timeout=10) as conn:
         for a in archives:
             ledger.record(conn, plan, status=ledger.SUCCESS, run_id=run_id, phase=PHASE, kind="backup",

@@ -33,8 +33,9 @@ import psycopg
 from psycopg import sql
 
 from consolidation.phases import backup as backups
-from consolidation.core import ledger
+from consolidation.core import dsn as dsns, ledger
 from consolidation.core.plan import Plan
+from consolidation.core.catalog import CHECKSUM, qualified_ident as _q, row_hashes
 
 PHASE = "4D"
 RECONCILE_GATE = "reconcile_4D"
@@ -44,19 +45,9 @@ class CleanupBlocked(RuntimeError):
     """The cleanup may not go on; the message names the objects, the counts and the fix."""
 
 
-def _q(name: str) -> sql.Composed:
-    schema, table = name.split(".", 1)
-    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-
-
 def pinned_dsn(dsn: str) -> str:
     """The DSN with the output settings pinned (for gate queries that compare checksums)."""
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    info = conninfo_to_dict(dsn)
-    pinned = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in backups._PINNED.items())
-    info["options"] = f"{info['options']} {pinned}" if info.get("options") else pinned
-    return make_conninfo(**info)
+    return dsns.with_settings(dsn, backups._PINNED)
 
 
 # ------------------------------------------------------------------ 1. preflight
@@ -78,7 +69,7 @@ def late_rows(conn, plan: Plan) -> list[dict]:
     _, specs = load_specs(conn, plan)
     out = []
     for step in plan.migrating_steps():
-        if step.is_recreated_view:
+        if not step.migrates_rows:  # a recreated view: no rows of its own to be late
             continue
         c = checksums(conn, plan, step, specs[step.target])
         missing = c["read"] - c["present"] - c["quarantined"]
@@ -92,18 +83,10 @@ def late_rows(conn, plan: Plan) -> list[dict]:
 def resync(conn, plan: Plan, late: list[dict], *, run_id: str, user: str | None) -> list[dict]:
     """Re-run the 4B steps of the late rows, upstream steps first; returns their results."""
     from consolidation.core.session import load_specs
-    from consolidation.phases.migrate import order_steps, run_step
+    from consolidation.phases.migrate import execution_order, run_step
 
     _, specs = load_specs(conn, plan)
-    upstream = order_steps(plan, specs)
-    wanted = {r["step"] for r in late}
-    done: list[str] = []
-    pending = [s.name for s in plan.migrating_steps() if s.name in wanted]
-    while pending:  # Kahn's order restricted to the affected steps
-        ready = [n for n in pending if not (set(upstream[n]) & set(pending))] or pending[:1]
-        for n in ready:
-            pending.remove(n)
-            done.append(n)
+    done = [s.name for s in execution_order(plan, specs, only={r["step"] for r in late})]
     results = []
     for name in done:
         r = run_step(conn, plan, name, run_id=run_id, user=user)
@@ -119,8 +102,8 @@ def describe_late(late: list[dict]) -> str:
 
 def preflight(conn, dsn: str, plan: Plan, *, resync_late_rows: bool, run_id: str, user: str | None) -> dict:
     """Inventory, late rows (block or re-sync), and the reconciliation re-proven as a GX gate."""
-    from consolidation.checks.gx import GateFailed, run_gate
     from consolidation.checks.gate_4b import gate_4b_checks
+    from consolidation.checks.gates import run_phase_gate
 
     inv, blocking = inventory_problems(conn, plan)
     before = {
@@ -157,14 +140,8 @@ def preflight(conn, dsn: str, plan: Plan, *, resync_late_rows: bool, run_id: str
 
     checks = gate_4b_checks(conn, plan)
     conn.commit()
-    result = run_gate(dsn, RECONCILE_GATE, checks)
-    ledger.record(conn, plan, status=ledger.SUCCESS if result.passed else ledger.FAILED,
-                  message=None if result.passed else result.summary(), run_id=run_id, phase=PHASE,
-                  kind="gate", name=RECONCILE_GATE, triggered_by=user,
-                  details=result.to_dict() | {"plan_sha256": plan.sha256, "resynced": synced})
-    conn.commit()
-    if not result.passed:
-        raise GateFailed(result)
+    result = run_phase_gate(conn, dsn, plan, PHASE, checks, run_id=run_id, user=user, gate=RECONCILE_GATE,
+                            details={"resynced": synced})
     return {"late": late, "resynced": synced, "checks": len(result.results)}
 
 
@@ -419,9 +396,9 @@ def gate_4d_checks(conn, plan: Plan, baseline: dict[str, dict]) -> list:
                             f"({base['rows']} rows, checksum {base['checksum'][:12]})",
                 query=sql.SQL(
                     "SELECT x.n AS rows_now, {bn} AS rows_then, x.c AS checksum_now FROM (SELECT count(*) AS n, "
-                    "md5(coalesce(string_agg(h, '' ORDER BY h), '')) AS c FROM (SELECT md5(ROW(t.*)::text) AS h "
-                    "FROM {t} AS t) AS y) AS x WHERE x.n <> {bn} OR x.c <> {bc}").format(
-                    t=_q(name), bn=lit(base["rows"]), bc=lit(base["checksum"])).as_string(conn)))
+                    "{checksum} AS c FROM ({hashes}) AS y) AS x WHERE x.n <> {bn} OR x.c <> {bc}").format(
+                    checksum=CHECKSUM, hashes=row_hashes(_q(name)), bn=lit(base["rows"]),
+                    bc=lit(base["checksum"])).as_string(conn)))
         probe = probe_insert(conn, *name.split(".", 1))
         conn.rollback()
         checks.append(Check(

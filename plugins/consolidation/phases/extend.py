@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from psycopg import sql
 
 from consolidation.core import ledger
-from consolidation.core.catalog import Catalog, introspect, table_details
+from consolidation.core.catalog import Catalog, table_details
 from consolidation.core.plan import Plan
-from consolidation.core.session import created_targets, load_specs
+from consolidation.core.session import load_specs
 from consolidation.core.spec import TargetSpec, compare_existing
 
 PHASE = "4A"
@@ -132,9 +132,9 @@ def finalize_ddl(specs: dict[str, TargetSpec], catalog: Catalog, conn) -> list[D
             if fk.name in existing:
                 continue
             out.append(DDL("foreign_key", spec.qualified, [sql.SQL(
-                "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {}.{} ({})").format(
+                "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({})").format(
                 spec.ident, sql.Identifier(fk.name), sql.SQL(", ").join(map(sql.Identifier, fk.columns)),
-                sql.Identifier(fk.ref_schema), sql.Identifier(fk.ref_table),
+                sql.Identifier(fk.ref_schema, fk.ref_table),
                 sql.SQL(", ").join(map(sql.Identifier, fk.ref_columns)))],
                 {"kind": "foreign_key", "constraint": fk.name, "repoints": fk.source}))
     return out

@@ -98,9 +98,9 @@ def run_step(conn, plan: Plan, step_name: str, *, run_id: str, user: str | None)
 
 def _move(conn, plan: Plan, step: Step, spec: TargetSpec, run_id: str) -> StepResult:
     action = action_for(step)
-    if step.is_recreated_view:  # 4A recreated it over the targets: nothing moves, 4B verifies
+    if not action.moves_rows:  # e.g. a view 4A recreated over the targets: nothing moves, 4B verifies
         read = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(source_ident(step))).fetchone()[0]
-        return StepResult(step.name, step.source, step.target, read, 0, 0, 0, read, None, None, "recreated view")
+        return StepResult(step.name, step.source, step.target, read, 0, 0, 0, read, None, None, action.verify_path)
     # One runner per step at a time (two DAG runs must not interleave a step).
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"consolidation:{step.name}",))
     conn.execute(sql.SQL("DELETE FROM {} WHERE step = %s").format(tool_ident(plan, "quarantine")), (step.name,))
@@ -142,7 +142,8 @@ def _advance_sequences(conn, spec: TargetSpec) -> None:
 
 def order_steps(plan: Plan, specs: dict[str, TargetSpec]) -> dict[str, list[str]]:
     """Upstream steps of each step: a step waits for the steps filling the tables its
-    foreign keys point at, and for earlier steps merging into the same target."""
+    foreign keys point at, and for the steps its action names (Action.upstream: earlier
+    merges into the same target; for a recreated view, the tables of its schema)."""
     by_target: dict[str, list[Step]] = {}
     for s in plan.migrating_steps():
         by_target.setdefault(s.target, []).append(s)
@@ -152,14 +153,25 @@ def order_steps(plan: Plan, specs: dict[str, TargetSpec]) -> dict[str, list[str]
         deps = []
         for fk in spec.foreign_keys:
             deps += [d.name for d in by_target.get(f"{fk.ref_schema}.{fk.ref_table}", []) if d.name != s.name]
-        same = by_target[s.target]
-        if s.action == "merge":
-            deps += [d.name for d in same[: same.index(s)]]
-        if s.is_recreated_view:  # a recreated view is verified once its tables are filled
-            deps += [d.name for d in plan.migrating_steps() if not d.is_recreated_view
-                     and d.target_schema == s.target_schema]
+        deps += [d.name for d in action_for(s).upstream(plan, s)]
         upstream[s.name] = sorted(set(deps))
     return upstream
 
 
-__all__ = ["run_step", "step_statements", "order_steps", "StepResult", "StepFailed", "column_list"]
+def execution_order(plan: Plan, specs: dict[str, TargetSpec], only: set[str] | None = None) -> list[Step]:
+    """The migrating steps (or those named in `only`) in an order they can run: each after
+    its upstream steps among them (order_steps), in rounds, plan order within a round; a
+    cycle is broken at its first step in plan order. `sql --phase 4b` prints in this order."""
+    upstream = order_steps(plan, specs)
+    pending = [s for s in plan.migrating_steps() if only is None or s.name in only]
+    ordered: list[Step] = []
+    while pending:
+        waiting = {s.name for s in pending}
+        ready = [s for s in pending if not set(upstream[s.name]) & waiting] or pending[:1]
+        for s in ready:
+            pending.remove(s)
+            ordered.append(s)
+    return ordered
+
+
+__all__ = ["run_step", "step_statements", "order_steps", "execution_order", "StepResult", "StepFailed", "column_list"]

@@ -2,7 +2,7 @@
 
 The expectations are derived every night from the plan and the live catalog, never listed
 by hand per table. For each consolidated schema (one Airflow TaskGroup each, one Great
-Expectations checkpoint each, via gates.run_gate):
+Expectations checkpoint each, via checks.gates.run_phase_gate):
 
   schema_exists         the consolidated schema is there.
   key_unique            every table's key is unique (expect_column_values_to_be_unique, or
@@ -32,9 +32,9 @@ Expectations checkpoint each, via gates.run_gate):
                         still writes to the old one). The plan's rule is unchanged.
   registry_resolves     when the tool's registry table exists (plan.tool_table('registry'),
                         written by phase 4C): every entry's target names an existing relation.
-                        Its columns are read defensively (REGISTRY_PAIRS / REGISTRY_COLUMNS);
-                        a registry whose columns are not understood FAILS with the columns it
-                        has - a check that cannot run is never a pass.
+                        Its columns are the registry's own (phases.registry.COLUMNS); a
+                        registry table without them FAILS, naming the columns it has and those
+                        missing - a check that cannot run is never a pass.
 
 The tool's own tables (<tool schema>.<tool prefix>*) are not validated as data.
 
@@ -56,7 +56,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,10 +63,13 @@ from pathlib import Path
 from psycopg import sql
 
 from consolidation.core import config, ledger
-from consolidation.checks.gx import CheckResult, run_gate
+from consolidation.checks.gates import record_verdict, run_phase_gate
+from consolidation.checks.gx import CheckResult, GateResult
+from consolidation.core.files import atomic_write, safe_name
 from consolidation.core.plan import Plan
+from consolidation.core.catalog import relation_exists
 from consolidation.phases.nightly_checks import (COUNT_CHECK, EXPECTATIONS, HISTORY, SchemaChecks,
-                                                 _count, _exists, _qualified, build_checks, ensure_history,
+                                                 _count, _qualified, build_checks, ensure_history,
                                                  history_ident, migrated_tables)
 
 log = logging.getLogger(__name__)
@@ -106,25 +108,31 @@ class SchemaOutcome:
 
 
 def validate_schema(conn, dsn: str, plan: Plan, schema: str, *, run_id: str, user: str | None) -> SchemaOutcome:
-    """Build, run (one GX checkpoint) and record the checks of one consolidated schema."""
-    if not _exists(conn, *plan.tool_table(HISTORY)):
+    """Build, run (one GX checkpoint) and record the checks of one consolidated schema
+    (in the history: the run's verdict is finish()'s one ledger row)."""
+    if not relation_exists(conn, *plan.tool_table(HISTORY)):
         ensure_history(conn, plan)
         conn.commit()
     built = build_checks(conn, plan, schema, run_id=run_id)
-    result = run_gate(dsn, f"nightly_{schema}", built.checks)
-    rows = [_history_row(built, r) for r in result.results]
-    h = history_ident(plan)
-    with conn.transaction():
-        conn.execute(sql.SQL("DELETE FROM {} WHERE run_id = %s AND schema_name = %s").format(h), (run_id, schema))
-        with conn.cursor() as cur:
-            cur.executemany(sql.SQL("""
-                INSERT INTO {} (run_id, checked_at, schema_name, table_name, check_name, column_names, passed,
-                                observed, rows, expectation, description, details, gx_run_id, triggered_by)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)""").format(h),
-                [(run_id, built.checked_at, r["schema_name"], r["table_name"], r["check_name"], r["column_names"],
-                  r["passed"], r["observed"], r["rows"], r["expectation"], r["description"],
-                  json.dumps(r["details"], default=str), result.gx_run_id, user) for r in rows])
-    conn.commit()
+    rows: list[dict] = []
+
+    def record(result: GateResult) -> None:
+        rows.extend(_history_row(built, r) for r in result.results)
+        h = history_ident(plan)
+        with conn.transaction():
+            conn.execute(sql.SQL("DELETE FROM {} WHERE run_id = %s AND schema_name = %s").format(h), (run_id, schema))
+            with conn.cursor() as cur:
+                cur.executemany(sql.SQL("""
+                    INSERT INTO {} (run_id, checked_at, schema_name, table_name, check_name, column_names, passed,
+                                    observed, rows, expectation, description, details, gx_run_id, triggered_by)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)""").format(h),
+                    [(run_id, built.checked_at, r["schema_name"], r["table_name"], r["check_name"], r["column_names"],
+                      r["passed"], r["observed"], r["rows"], r["expectation"], r["description"],
+                      json.dumps(r["details"], default=str), result.gx_run_id, user) for r in rows])
+        conn.commit()
+
+    run_phase_gate(conn, dsn, plan, PHASE, built.checks, run_id=run_id, user=user, gate=f"nightly_{schema}",
+                   record=record, raise_failed=False)
     failures = [r for r in rows if not r["passed"]]
     return SchemaOutcome(schema, not failures, len(rows), failures)
 
@@ -180,7 +188,7 @@ def describe_failure(row: dict) -> str:
             if not isinstance(x, dict):
                 return str(x)
             e = x.get("entry") if isinstance(x.get("entry"), dict) else {}
-            label = next((str(e[k]) for k in ("logical_name", "legacy_name", "name") if e.get(k)), None)
+            label = str(e["logical_name"]) if e.get("logical_name") else None  # phases.registry's entries
             return f"{label + ' -> ' if label else ''}{x.get('target')}: {x.get('problem', 'does not resolve')}"
         return f"{head}: observed {n} entries that do not resolve; e.g. " + "; ".join(entry(x) for x in sample[:5])
     return f"{head}: observed {n} unexpected; e.g. {json.dumps(sample[:5], default=str)}"
@@ -211,7 +219,7 @@ class Verdict:
 
 def run_rows(conn, plan: Plan, run_id: str) -> list[dict]:
     """The history rows of one run, in schema/table/check order."""
-    if not _exists(conn, *plan.tool_table(HISTORY)):
+    if not relation_exists(conn, *plan.tool_table(HISTORY)):
         return []
     cur = conn.execute(sql.SQL("""
         SELECT run_id, checked_at, schema_name, table_name, check_name, column_names, passed, observed, rows,
@@ -236,13 +244,11 @@ def finish(conn, plan: Plan, *, run_id: str, user: str | None, schemas: list[str
     verdict.page = write_page(plan, verdict)
     if ledger.tool_tables_exist(conn, plan):
         failed = [r for r in rows if not r["passed"]]
-        ledger.record(conn, plan, status=ledger.SUCCESS if verdict.passed else ledger.FAILED,
-                      message=None if verdict.passed else verdict.summary()[:4000],
-                      run_id=run_id, phase=PHASE, kind="gate", name="nightly_validation", triggered_by=user,
-                      details={"checks": len(rows), "failed": len(failed), "page": str(verdict.page),
-                               "plan_sha256": plan.sha256,
-                               "failures": [f"{r['schema_name']}.{r['table_name']}:{r['check_name']}" for r in failed]})
-        conn.commit()
+        record_verdict(conn, plan, phase=PHASE, name="nightly_validation", passed=verdict.passed,
+                       summary=verdict.summary()[:4000], run_id=run_id, user=user,
+                       details={"checks": len(rows), "failed": len(failed), "page": str(verdict.page),
+                                "plan_sha256": plan.sha256,
+                                "failures": [f"{r['schema_name']}.{r['table_name']}:{r['check_name']}" for r in failed]})
     return verdict
 
 
@@ -296,7 +302,7 @@ def nightly_dir() -> Path:
 
 def safe_run(run_id: str) -> str:
     """A run id as one file name (Airflow run ids contain ':' and '+')."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("._") or "run"
+    return safe_name(run_id, strip="._")
 
 
 _CSS = """
@@ -375,20 +381,14 @@ def write_page(plan: Plan, verdict: Verdict) -> Path:
     folder = nightly_dir() / safe_run(verdict.run_id)
     folder.mkdir(parents=True, exist_ok=True)
     page = folder / "index.html"
-    _atomic_write(page, render_page(verdict))
-    _atomic_write(folder / "result.json", json.dumps({
+    atomic_write(page, render_page(verdict))
+    atomic_write(folder / "result.json", json.dumps({
         "run_id": verdict.run_id, "passed": verdict.passed, "summary": verdict.summary(),
         "checks": len(verdict.rows), "failed": sum(1 for r in verdict.rows if not r["passed"]),
         "problems": verdict.problems, "finished_at": datetime.now(timezone.utc).isoformat(),
         "plan_sha256": plan.sha256,
     }, indent=2, default=str))
     return page
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def latest_runs(limit: int = 30) -> list[dict]:

@@ -11,6 +11,8 @@ from psycopg import sql
 from consolidation.checks.gx import Check
 from consolidation.core import ledger
 from consolidation.core.plan import Plan
+from consolidation.core.catalog import qualified_ident as _ident, relation_exists as _exists
+from consolidation.phases import registry
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +25,6 @@ EXPECTATIONS = {
     "not_null": "expect_column_values_to_not_be_null",
     "compound_unique": "expect_compound_columns_to_be_unique",
 }
-# Registry columns naming an entry's target relation: a (schema, table) pair, or one
-# column holding "schema.table". The first match wins; see _registry_target().
-REGISTRY_PAIRS = [("physical_schema", "physical_table"), ("target_schema", "target_table"), ("new_schema", "new_table"),
-                  ("consolidated_schema", "consolidated_table"), ("schema_name", "table_name")]
-REGISTRY_COLUMNS = ["target", "target_relation", "target_name", "new_name", "new_relation",
-                    "consolidated_name", "qualified_name", "relation"]
-
 
 
 # --------------------------------------------------------------------- tables
@@ -70,11 +65,6 @@ def ensure_history(conn, plan: Plan) -> None:
                  .format(sql.Identifier(f"{prefix}_run_idx"), h))
 
 
-def _exists(conn, schema: str, table: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                        (sql.Identifier(schema, table).as_string(conn),)).fetchone()[0]
-
-
 # --------------------------------------------------------------------- checks
 @dataclass
 class SchemaChecks:
@@ -91,7 +81,7 @@ class SchemaChecks:
 
 def migrated_tables(plan: Plan) -> list[str]:
     """Plan targets that receive rows (recreated views are not tables)."""
-    return list(dict.fromkeys(s.target for s in plan.migrating_steps() if not s.is_recreated_view))
+    return list(dict.fromkeys(s.target for s in plan.migrating_steps() if s.migrates_rows))
 
 
 def _is_tool_table(plan: Plan, schema: str, table: str) -> bool:
@@ -161,11 +151,6 @@ def _baselines(conn, plan: Plan, schema: str, run_id: str) -> dict[str, dict]:
          ORDER BY table_name, checked_at DESC, id DESC""").format(h=history_ident(plan)),
         (schema, COUNT_CHECK, run_id))
     return {t: {"rows": n, "run_id": r, "checked_at": at.isoformat()} for t, n, r, at in cur.fetchall()}
-
-
-def _ident(qualified: str) -> sql.Composed:
-    schema, table = qualified.split(".", 1)
-    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
 
 
 def build_checks(conn, plan: Plan, schema: str, *, run_id: str) -> SchemaChecks:
@@ -307,70 +292,52 @@ def _count(conn, schema: str, table: str) -> int | None:
     return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0]
 
 
-def _registry_target(columns: set[str]) -> tuple[str, ...] | None:
-    for pair in REGISTRY_PAIRS:
-        if set(pair) <= columns:
-            return pair
-    for col in REGISTRY_COLUMNS:
-        if col in columns:
-            return (col,)
-    return None
-
-
 def _registry_check(conn, plan: Plan) -> Check:
+    """Every entry of the 4C registry names an existing relation holding every column it maps;
+    the registry's columns are its own (phases.registry.COLUMNS), or the check fails naming them."""
     schema, table = plan.tool_table(REGISTRY)
     qualified = f"{schema}.{table}"
-    columns = dict(conn.execute(
-        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-        "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
-        (sql.Identifier(schema, table).as_string(conn),)).fetchall())
-    target = _registry_target(set(columns))
-    t = sql.Identifier(schema, table)
-    if target is None:
-        problem = (f"no column naming the target relation among {', '.join(sorted(columns))}; "
-                   f"expected one of the pairs {REGISTRY_PAIRS} or a column {REGISTRY_COLUMNS} "
-                   "(consolidation.phases.nightly.REGISTRY_*)")
+    columns = [r[0] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped "
+        "ORDER BY attnum", (sql.Identifier(schema, table).as_string(conn),)).fetchall()]
+    target = registry.TARGET_COLUMNS
+    missing = [c for c in registry.COLUMNS if c not in columns]
+    if missing:
+        problem = (("no column naming the target relation" if set(target) & set(missing) else
+                    "not the registry's columns") + f" among {', '.join(sorted(columns))}: "
+                   f"missing {', '.join(missing)} (the registry's own columns: consolidation.phases.registry.COLUMNS)")
         return Check(name="registry_resolves", table=qualified, kind="rows",
-                     description=f"the entries of {qualified} can be read (its columns are understood)",
+                     description=f"the entries of {qualified} can be read (its columns are the registry's)",
                      query=sql.SQL("SELECT {q}::text AS registry, {p}::text AS problem").format(
                          q=sql.Literal(qualified), p=sql.Literal(problem)).as_string(conn))
-    if len(target) == 2:
-        name = sql.SQL("quote_ident(r.{}::text) || '.' || quote_ident(r.{}::text)").format(
-            sql.Identifier(target[0]), sql.Identifier(target[1]))
-        nonnull = sql.SQL("r.{} IS NOT NULL").format(sql.Identifier(target[1]))
-    else:
-        name = sql.SQL("r.{}::text").format(sql.Identifier(target[0]))
-        nonnull = sql.SQL("r.{} IS NOT NULL AND r.{}::text <> ''").format(
-            sql.Identifier(target[0]), sql.Identifier(target[0]))
+    t = sql.Identifier(schema, table)
+    name = registry.target_name("r")
+    nonnull = sql.SQL("r.{} IS NOT NULL").format(sql.Identifier(target[1]))
+    cmap, filt = sql.Literal(registry.COLUMN_MAP), sql.Literal(registry.FILTER_COLUMN)
     # to_regclass() raises on malformed names (pg_input_is_valid is PG16+): a regex guard first.
     valid = sql.SQL("""y.target ~ '^("([^"]|"")+"|[^". ]+)(\\.("([^"]|"")+"|[^". ]+))?$'""")
-    parts = [sql.SQL("SELECT x.target, 'relation does not exist' AS problem, x.entry - 'columns' AS entry "
-                     "FROM x WHERE x.rel IS NULL")]
-    # The 4C registry (consolidation.phases.registry) also maps columns: they must exist too.
-    column_sources = []
-    if columns.get("columns") == "jsonb":
-        column_sources.append(sql.SQL("SELECT c->>'column' FROM jsonb_array_elements("
-                                      "CASE WHEN jsonb_typeof(x.entry->'columns') = 'array' "
-                                      "THEN x.entry->'columns' ELSE '[]'::jsonb END) AS c"))
-    if "filter_column" in columns:
-        column_sources.append(sql.SQL("SELECT x.entry->>'filter_column'"))
-    if column_sources:
-        parts.append(sql.SQL(
-            "SELECT x.target, 'column ' || c.col || ' does not exist', x.entry - 'columns' FROM x "
-            "CROSS JOIN LATERAL ({src}) AS c(col) "
-            "WHERE x.rel IS NOT NULL AND c.col IS NOT NULL "
-            "AND NOT EXISTS (SELECT 1 FROM pg_attribute AS a WHERE a.attrelid = x.rel "
-            "AND a.attname = c.col AND a.attnum > 0 AND NOT a.attisdropped)").format(
-            src=sql.SQL(" UNION ").join(column_sources)))
+    parts = [sql.SQL("SELECT x.target, 'relation does not exist' AS problem, x.entry - {m} AS entry "
+                     "FROM x WHERE x.rel IS NULL").format(m=cmap)]
+    # The registry also maps columns (and may filter on one): they must exist too.
+    column_sources = [sql.SQL("SELECT c->>'column' FROM jsonb_array_elements("
+                              "CASE WHEN jsonb_typeof(x.entry->{m}) = 'array' "
+                              "THEN x.entry->{m} ELSE '[]'::jsonb END) AS c").format(m=cmap),
+                      sql.SQL("SELECT x.entry->>{f}").format(f=filt)]
+    parts.append(sql.SQL(
+        "SELECT x.target, 'column ' || c.col || ' does not exist', x.entry - {m} FROM x "
+        "CROSS JOIN LATERAL ({src}) AS c(col) "
+        "WHERE x.rel IS NOT NULL AND c.col IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM pg_attribute AS a WHERE a.attrelid = x.rel "
+        "AND a.attname = c.col AND a.attnum > 0 AND NOT a.attisdropped)").format(
+        m=cmap, src=sql.SQL(" UNION ").join(column_sources)))
     # CASE: to_regclass only ever sees well-formed names (SQL does not short-circuit AND/OR).
     query = sql.SQL("WITH x AS (SELECT y.target, y.entry, CASE WHEN {valid} THEN to_regclass(y.target) END AS rel "
                     "FROM (SELECT {name} AS target, to_jsonb(r) AS entry FROM {t} AS r WHERE {nonnull}) AS y) "
                     "{body}").format(valid=valid, name=name, t=t, nonnull=nonnull,
                                      body=sql.SQL(" UNION ALL ").join(parts))
-    what = "relation" + (" and every column it maps" if column_sources else "")
     return Check(name="registry_resolves", table=qualified, kind="rows", column=",".join(target),
-                 description=f"every entry of {qualified} names an existing {what} "
-                             f"(column{'s' if len(target) > 1 else ''} {', '.join(target)})",
+                 description=f"every entry of {qualified} names an existing relation and every column it maps "
+                             f"(columns {', '.join(target)})",
                  query=query.as_string(conn))
 
 

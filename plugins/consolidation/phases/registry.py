@@ -13,7 +13,7 @@ export with `resolve_file(path, name)` (no database needed):
     filter_*         for a target fed by several sources, which of its rows are the legacy
                      table's: `source_table = 'tracking.active_strategy_configs'` for a union
                      (the provenance column), `<column> IS NOT NULL` for a merge (an enriched
-                     column only this source fills: see _merge_filter)
+                     column only this source fills: see actions/merge.py, merge_filter)
     columns          the column map, in legacy column order: [{name, column, type,
                      physical_type[, default]}] = legacy name, consolidated column, legacy type,
                      consolidated type (and the plan's default for NULL sources, if any)
@@ -59,9 +59,13 @@ from typing import Any
 
 from psycopg import sql
 
+from consolidation.actions import action_for
+from consolidation.actions.base import ActionError
 from consolidation.core import config, ledger
+from consolidation.core.files import atomic_write
 from consolidation.core.ledger import tool_ident
 from consolidation.core.plan import Plan, Step
+from consolidation.core.catalog import QualifiedName, relation_exists
 
 PHASE = "4C"
 CONSOLIDATED = "consolidated"
@@ -103,7 +107,7 @@ class Filter:
 
 
 @dataclass(frozen=True)
-class Resolved:
+class Resolved(QualifiedName):
     """Where a legacy table's rows live now, and how to read them under their legacy shape."""
 
     logical_name: str
@@ -114,14 +118,6 @@ class Resolved:
     status: str = CONSOLIDATED
     set_by_run: str | None = None
     set_at: str | None = None
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.table}"
-
-    @property
-    def ident(self) -> sql.Composed:
-        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(self.table))
 
     def physical(self, legacy_column: str) -> str:
         """The consolidated column holding a legacy column."""
@@ -275,9 +271,13 @@ def grant_readers(conn, plan: Plan) -> list[str]:
 
 
 def _exists(conn, plan: Plan) -> bool:
-    schema, table = plan.tool_table("registry")
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                        (sql.Identifier(schema, table).as_string(conn),)).fetchone()[0]
+    return relation_exists(conn, *plan.tool_table("registry"))
+
+
+def target_name(alias: str) -> sql.Composed:
+    """The qualified name (quoted as needed) of the relation an entry (aliased `alias`) points at."""
+    return sql.SQL("quote_ident({a}.{s}) || '.' || quote_ident({a}.{t})").format(
+        a=sql.Identifier(alias), s=sql.Identifier(TARGET_COLUMNS[0]), t=sql.Identifier(TARGET_COLUMNS[1]))
 
 
 def entry_json(alias: str) -> sql.Composed:
@@ -318,24 +318,14 @@ def _entry_for(conn, plan: Plan, step: Step, spec, catalog) -> dict:
     if target is None:
         raise RegistryError(f"{step.label}: target {step.target} does not exist; run phase4a_schema_extension "
                             "and phase4b_data_migration first")
-    by_legacy: dict[str, tuple[str, Any]] = {}  # legacy column -> (target column, default)
-    filt: tuple[str, str, str | None] | None = None
-    if step.is_recreated_view:
-        by_legacy = {c: (c, None) for c in source.columns}
-    else:
-        flows = spec.flows[step.name]
-        if step.action == "merge":
-            keep = set(step.key) | set(step.enrich)
-            flows = [f for f in flows if f.target in keep]
-            filt = (_merge_filter(conn, step, source), "is not null", None)
-        for f in flows:
-            if f.source and f.provenance is None:
-                by_legacy.setdefault(f.source, (f.target, f.default))
-        if step.action == "union":
-            pk = spec.source_pks.get(step.name) or []
-            if len(pk) == 1:  # a composite key lives on as a JSON array: not offered by name
-                by_legacy[pk[0]] = (step.provenance_key, None)
-            filt = (step.provenance_table, "=", step.source)
+    # The step's action says which columns are offered under their legacy names, and which
+    # rows of a shared target are this step's (a union's provenance, a merge's enriched column).
+    action = action_for(step)
+    try:
+        filt = action.registry_filter(conn, step, spec, source)
+        by_legacy: dict[str, tuple[str, Any]] = action.registry_columns(step, spec, source)
+    except ActionError as exc:
+        raise RegistryError(str(exc)) from None
     columns = []
     for col in sorted(source.columns.values(), key=lambda c: c.position):
         if col.name not in by_legacy:
@@ -358,39 +348,16 @@ def _entry_for(conn, plan: Plan, step: Step, spec, catalog) -> dict:
     }
 
 
-def _merge_filter(conn, step: Step, source) -> str:
-    """The enriched column that tells which target rows came from this merge source.
-
-    A column the plan added for this step and fills from the source's primary key is best
-    (never NULL); then other added columns; then any enriched column. The first one with
-    no NULL in the source's data is used; the gate then proves the choice row by row.
-    """
-    pk = set(source.primary_key)
-
-    def rank(target_col: str) -> tuple:
-        m = step.columns[target_col]
-        src = source.columns.get(m.source or "")
-        return (target_col not in step.add_columns, not (m.source in pk), not (src and src.not_null),
-                step.enrich.index(target_col))
-
-    for target_col in sorted(step.enrich, key=rank):
-        m = step.columns[target_col]
-        if m.source is None:
-            continue
-        has_null = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.{} AS s WHERE {} IS NULL)").format(
-            sql.Identifier(step.source_schema), sql.Identifier(step.source_table),
-            sql.Identifier("s", m.source))).fetchone()[0]
-        if not has_null:
-            return target_col
-    raise RegistryError(
-        f"{step.label}: cannot tell which rows of {step.target} came from {step.source}: every enriched column "
-        f"({', '.join(step.enrich)}) is NULL in some source row; enrich a column that is never NULL "
-        "(e.g. the source's key under add_columns)")
-
-
 _UPSERT_COLUMNS = ("logical_name", "legacy_schema", "legacy_table", "legacy_kind", "physical_schema",
                    "physical_table", "action", "plan_step", "filter_column", "filter_op", "filter_value",
                    "columns", "status")
+# The registry's columns (ensure_registry), and the ones that name an entry's consolidated
+# relation, hold its column map ([{name, column, ...}] as jsonb) and its filter column: what
+# readers of the table rely on (phases.nightly_checks checks them).
+COLUMNS = _UPSERT_COLUMNS + ("set_by_run", "set_by_user", "set_at")
+TARGET_COLUMNS = ("physical_schema", "physical_table")
+COLUMN_MAP = "columns"
+FILTER_COLUMN = "filter_column"
 
 
 def upsert(conn, plan: Plan, rows: list[dict], *, run_id: str, user: str | None) -> list[str]:
@@ -427,7 +394,7 @@ def register_group(conn, plan: Plan, legacy_schema: str, *, run_id: str, user: s
     """
     from consolidation.core.session import load_specs
 
-    steps = [s for s in plan.steps_for_schema(legacy_schema) if s.action != "delete"]
+    steps = [s for s in plan.migrating_steps() if s.source_schema == legacy_schema]
     if not steps:
         return []
     ensure_registry(conn, plan)
@@ -490,7 +457,7 @@ def carry_read_grants(conn, rows: list[dict]) -> list[dict]:
                              if r["logical_name"] == g["logical_name"])
         role = sql.Identifier(g["role"])
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
-        conn.execute(sql.SQL("GRANT SELECT ON {}.{} TO {}").format(sql.Identifier(schema), sql.Identifier(table), role))
+        conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(schema, table), role))
     return granted
 
 
@@ -526,9 +493,7 @@ def export(conn, plan: Plan, folder: str | Path | None = None, *, run_id: str, u
     }
     text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, text)
     ledger.record(conn, plan, status=ledger.SUCCESS, message=f"{len(doc['entries'])} entries -> {path}",
                   run_id=run_id, phase=PHASE, kind="report", name="registry_export",
                   target=str(path), triggered_by=user,

@@ -11,10 +11,11 @@ from psycopg import sql
 
 from consolidation.checks.gx import Check
 from consolidation.checks.reconcile import multiset_diff
+from consolidation.core.catalog import relation_exists
 from consolidation.core.ledger import tool_ident
 from consolidation.core.plan import Plan
 from consolidation.phases.registry import (CONSOLIDATED, NotRegistered, _resolved, entries, entry_json,
-                                           missing_read_grants)
+                                           missing_read_grants, target_name)
 from consolidation.phases.smoke import smoke_checks
 
 
@@ -33,7 +34,7 @@ def registry_checks(conn, plan: Plan, *, export_file: Path | None = None) -> lis
     expected = sql.SQL(", ").join(
         sql.SQL("({}, {}, {})").format(lit(s.source), lit(s.target_schema), lit(s.target_table))
         for s in plan.migrating_steps())
-    relation = sql.SQL("to_regclass(quote_ident(r.physical_schema) || '.' || quote_ident(r.physical_table))")
+    relation = sql.SQL("to_regclass({})").format(target_name("r"))
 
     def render(q: sql.Composable) -> str:
         return q.as_string(conn)
@@ -94,9 +95,7 @@ def _same_rows_checks(conn, plan: Plan) -> list[Check]:
     checks = []
     for e in entries(conn, plan):
         name = e["logical_name"]
-        legacy = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(e["legacy_schema"], e["legacy_table"])
-                                                         .as_string(conn),)).fetchone()[0]
-        if legacy is None:
+        if not relation_exists(conn, e["legacy_schema"], e["legacy_table"]):
             continue  # the legacy table is gone (after 4D): nothing left to compare with
         try:
             resolved = _resolved(e, set(plan.legacy_schemas), "the registry")
@@ -113,8 +112,8 @@ def _same_rows_checks(conn, plan: Plan) -> list[Check]:
             if c.default is not None:  # the plan's declared transformation, applied to the legacy side
                 col = sql.SQL("COALESCE({}, CAST({} AS {}))").format(col, sql.Literal(c.default), sql.SQL(c.type))
             legacy_cols.append(col)
-        left = sql.SQL("SELECT ROW({}) AS r FROM {}.{} AS s").format(
-            sql.SQL(", ").join(legacy_cols), sql.Identifier(e["legacy_schema"]), sql.Identifier(e["legacy_table"]))
+        left = sql.SQL("SELECT ROW({}) AS r FROM {} AS s").format(
+            sql.SQL(", ").join(legacy_cols), sql.Identifier(e["legacy_schema"], e["legacy_table"]))
         right = sql.SQL("SELECT ROW(q.*) AS r FROM {} AS q").format(resolved.relation())
         defaults = [c.name for c in resolved.columns if c.default is not None]
         checks.append(Check(

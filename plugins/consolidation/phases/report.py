@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 from datetime import datetime
 from pathlib import Path
 
 from psycopg import sql
 
 from consolidation.core import config, ledger
+from consolidation.core.catalog import relation_exists
+from consolidation.core.files import atomic_write, safe_name
 from consolidation.core.plan import Plan
 
 PHASES = ("4A", "4B", "4C", "4D", "rollback")
@@ -65,9 +66,7 @@ def collect(conn, plan: Plan, run_id: str | None = None) -> dict:
         r = steps.get(s.name)
         now = None
         if s.target:
-            exists = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(s.target_schema, s.target_table)
-                                                             .as_string(conn),)).fetchone()[0]
-            if exists:
+            if relation_exists(conn, s.target_schema, s.target_table):
                 now = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
                     sql.Identifier(s.target_schema, s.target_table))).fetchone()[0]
         migrated.append({
@@ -75,7 +74,7 @@ def collect(conn, plan: Plan, run_id: str | None = None) -> dict:
             "read": r and r["rows_read"], "inserted": r and r["rows_inserted"], "merged": r and r["rows_merged"],
             "quarantined": r and r["rows_quarantined"],
             "already_present": r and (r["details"] or {}).get("already_present"),
-            "status": r["status"] if r else ("not run" if s.action != "delete" else
+            "status": r["status"] if r else ("not run" if s.target else
                                              "in the backup, dropped" if s.source in dropped and s.source in in_backup
                                              else "in the backup" if s.source in in_backup else "not migrated"),
             "backup_rows": in_backup.get(s.source),
@@ -234,14 +233,12 @@ def render_html(data: dict) -> str:
 def write_report(conn, plan: Plan, *, run_id: str | None = None, folder: str | Path | None = None,
                  user: str | None = None) -> dict:
     """Write report.md and report.html; record them in the ledger; return their paths."""
-    from consolidation.phases.backup import safe_name
-
     data = collect(conn, plan, run_id)
     folder = Path(folder) if folder else config.report_dir() / safe_name(str(data["run_id"] or "no-run"))
     folder.mkdir(parents=True, exist_ok=True)
     md, page = folder / "report.md", folder / "report.html"
-    md.write_text(render_markdown(data), encoding="utf-8")
-    page.write_text(render_html(data), encoding="utf-8")
+    atomic_write(md, render_markdown(data))
+    atomic_write(page, render_html(data))
     digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (md, page)}
     ledger.record(conn, plan, status=ledger.SUCCESS, run_id=str(data["run_id"] or "report"), phase="4D",
                   kind="report", name="report", target=str(page), triggered_by=user,
@@ -251,29 +248,3 @@ def write_report(conn, plan: Plan, *, run_id: str | None = None, folder: str | P
                            "backups": len(data["backups"])})
     conn.commit()
     return {"markdown": str(md), "html": str(page), "run_id": data["run_id"]}
-
-
-# ------------------------------------------------------------------ CLI
-def register(subparsers) -> None:
-    p = subparsers.add_parser("report", help="write the Phase 4 completion report (Markdown + HTML)",
-                              description="Writes report.md and report.html (self-contained) for a 4D run "
-                                          "(default: the latest) and records them in the ledger.")
-    p.add_argument("--run", help="run id of the 4D run (default: the latest run of 4D, else of 4B)")
-    p.add_argument("--out", help="folder (default: CONSOLIDATION_REPORT_DIR or .state/reports, /<run id>)")
-    p.add_argument("--json", action="store_true", help="print the collected data as JSON instead")
-    p.set_defaults(func=_cli)
-
-
-def _cli(args) -> int:
-    from consolidation.core import db
-    from consolidation.core.plan import load_plan
-
-    plan = load_plan()
-    with db.connect() as conn:
-        if args.json:
-            print(json.dumps(collect(conn, plan, args.run), indent=2, default=str))
-            return 0
-        out = write_report(conn, plan, run_id=args.run, folder=args.out, user=ledger.operator_name())
-    print(out["markdown"])
-    print(out["html"])
-    return 0

@@ -33,6 +33,7 @@ from typing import Callable
 from psycopg import sql
 
 from consolidation.core import config
+from consolidation.core.catalog import relation_exists
 from consolidation.checks.gx import Check
 from consolidation.core.plan import Plan
 from consolidation.checks.reconcile import multiset_diff
@@ -118,8 +119,7 @@ def _strip_comments(text: str) -> str:
 
 
 def _legacy_exists(conn, name: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                        (sql.Identifier(*name.split(".")).as_string(conn),)).fetchone()[0]
+    return relation_exists(conn, *name.split(".", 1))
 
 
 def _rows(query: sql.Composable) -> sql.Composed:

@@ -1,0 +1,36 @@
+"""The engine's operations, one plain function each (like alembic's `command` module): what
+the Airflow task bodies (consolidation.airflow.tasks) and the command line (consolidation.cli)
+both call.
+
+Each takes explicit inputs - the plan, an open connection and/or a DSN, the run id, the
+user, options - and returns an Outcome: a small value (a task's XCom), the lines to print,
+and a failure found after them (a task raises it, the CLI exits non-zero). Errors the engine
+raises on the way (a refused phase, a failed gate, a blocked cleanup) propagate unchanged.
+Nothing here imports Airflow; connections are committed by the operations that write.
+"""
+from consolidation.api.cleanup import (APPROVE_HOW, FORM_KEYS, approval_state, cleanup_backup, cleanup_drop,
+                                       cleanup_open_request, cleanup_preflight, decide, decided_line,
+                                       expire_request, report, report_data, rollback_assess, rollback_restore,
+                                       rollback_undo, status, ui_decision)
+from consolidation.api.nightly import (accept_drop, nightly_prepare, nightly_report, nightly_validate_schema,
+                                       render_table, validate)
+from consolidation.api.outcome import Outcome
+from consolidation.api.phases import (extend_finalize, extend_group, extend_prepare, gate, inventory, plan_summary,
+                                      require_gate, run_step, sql_preview)
+from consolidation.api.registry import (register_group, registry_export, registry_prepare, registry_resolve,
+                                        registry_show, registry_smoke)
+
+__all__ = [
+    "Outcome",
+    # 4A, 4B, the gates
+    "inventory", "plan_summary", "sql_preview", "require_gate", "extend_prepare", "extend_group",
+    "extend_finalize", "run_step", "gate",
+    # 4C and the registry
+    "registry_prepare", "register_group", "registry_export", "registry_show", "registry_resolve", "registry_smoke",
+    # 4D, decisions, report, rollback
+    "cleanup_preflight", "cleanup_open_request", "cleanup_backup", "cleanup_drop", "report", "report_data",
+    "decide", "ui_decision", "decided_line", "approval_state", "expire_request", "status", "APPROVE_HOW",
+    "FORM_KEYS", "rollback_assess", "rollback_restore", "rollback_undo",
+    # nightly
+    "nightly_prepare", "nightly_validate_schema", "nightly_report", "validate", "accept_drop", "render_table",
+]
