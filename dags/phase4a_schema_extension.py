@@ -27,5 +27,9 @@ with consolidation_dag("phase4a_schema_extension", __doc__, tags=["phase4"],
         task_id="create_targets")(tasks.extend_group)(legacy_schema=schema))
     finalize = task(task_id="finalize")(tasks.finalize_4a)()
     gate = task(task_id="gate_4A")(tasks.gate)(phase="4A")
+    # the database's lease: taken first (refused while another phase runs), given back last, also
+    # after a failure (a teardown: it does not decide the run's state)
+    lease = task(task_id="acquire_lease")(tasks.acquire_lease)()
+    release = task(task_id="release_lease")(tasks.release_lease)().as_teardown(setups=lease)
     # one group at a time: DDL on shared targets never interleaves
-    chain(inventory, prepare, *groups, finalize, gate)
+    chain(lease, inventory, prepare, *groups, finalize, gate, release)

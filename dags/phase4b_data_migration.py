@@ -15,7 +15,7 @@ from __future__ import annotations
 from airflow.sdk import Param, chain, task
 
 from consolidation.airflow import tasks
-from consolidation.airflow.dags import consolidation_dag, schema_groups
+from consolidation.airflow.dags import airflow_id, consolidation_dag, display_name, schema_groups
 from consolidation.core.plan import load_plan
 
 plan = load_plan()  # a YAML read: no database at parse time
@@ -34,8 +34,13 @@ with consolidation_dag("phase4b_data_migration", __doc__, tags=["phase4"],
     # phases.migrate.execution_order (which `python -m consolidation sql --phase 4b` prints) is not
     # used here; the plan lists referenced tables first.
     groups = schema_groups([s for s in plan.legacy_schemas if steps_of(s)], "steps reading {schema}",
-                           lambda schema: chain(*[task(task_id=step.name)(tasks.run_step)(step_name=step.name)
+                           lambda schema: chain(*[task(task_id=airflow_id(step.name), **display_name(step.name))(
+                               tasks.run_step)(step_name=step.name)
                                                   for step in steps_of(schema)]))
     # all_done: a failed step still gets a gate that records what is missing, and where
     gate = task(task_id="gate_4B", trigger_rule="all_done")(tasks.gate)(phase="4B")
-    chain(guard, *groups, gate)
+    # the database's lease: taken first (refused while another phase runs), given back last, also
+    # after a failure (a teardown: it does not decide the run's state)
+    lease = task(task_id="acquire_lease")(tasks.acquire_lease)()
+    release = task(task_id="release_lease")(tasks.release_lease)().as_teardown(setups=lease)
+    chain(lease, guard, *groups, gate, release)

@@ -14,7 +14,7 @@ on the registry and, where missing, on its consolidated home (services keep thei
 **gate_4C** (Great Expectations) proves, against the data: every migrated table has an entry
 pointing at its planned target; none points into a legacy schema; every entry resolves (relation,
 columns); every legacy reader can read it; each entry returns exactly its legacy table's rows;
-every service smoke query in `include/sql/smoke/` returns the same rows through the registry as
+every service smoke query in the plan's `smoke_dir` returns the same rows through the registry as
 from the legacy tables; the JSON export equals the table. Its result goes to the ledger; 4D
 requires it.
 """
@@ -48,4 +48,8 @@ with consolidation_dag(
     gate = task(task_id="gate_4C", trigger_rule="all_done")(tasks.gate)(phase="4C")
     # one group at a time: each register GRANTs on the shared registry/schema, and concurrent
     # GRANTs on one object fail in PostgreSQL ("tuple concurrently updated") under a real executor
-    chain(guard, prepare, *groups, export, gate)
+    # the database's lease: taken first (refused while another phase runs), given back last, also
+    # after a failure (a teardown: it does not decide the run's state)
+    lease = task(task_id="acquire_lease")(tasks.acquire_lease)()
+    release = task(task_id="release_lease")(tasks.release_lease)().as_teardown(setups=lease)
+    chain(lease, guard, prepare, *groups, export, gate, release)

@@ -8,10 +8,14 @@
    checks run as a Great Expectations checkpoint (`reconcile_4D`) and must pass.
 3. **open_request**: an approval request bound to the fingerprint of the data (plan sha256 + reconciliation
    digest), taken after any re-sync. Its id goes to the sensor via XCom; the log says how to approve.
-4. **wait_for_approval** (reschedule mode, no worker slot held): until a person approves - UI DAG
-   `phase4d_cleanup_approval`, or `python -m consolidation approve --by NAME --reason TEXT`. A rejection ends
-   the run at the next poke, nothing dropped; an approval of data that changed since the request is refused.
-   Waits at most `approval_timeout_hours` (default 72).
+4. **wait_for_approval**: a human-in-the-loop approval (Browse > Required Actions; the task waits in
+   AWAITING_INPUT, holding no worker slot). Assigned to the plan's `approvers` minus the user who triggered
+   this run (four eyes); its body shows the fingerprint, the DROP statements per schema, the rows per table,
+   the quarantined rows and the backup folder. Respond on that page, or `consolidation approve|reject --user
+   NAME --reason TEXT` (the Airflow REST API, as that user). The response Airflow authenticated is checked
+   (assigned user, reason) and copied to the approvals table, then the data's fingerprint is verified again;
+   a rejection, a stale or forged approval fails the run, nothing dropped. A timeout
+   (`approval_timeout_hours`, default 72) never approves.
 5. **backup**: every legacy schema dumped with pg_dump (custom format) from one snapshot in which the approved
    fingerprint is verified again; size, sha256 and per-table checksums to the ledger; each archive proven
    readable (pg_restore --list) before anything is dropped. Folder: `backup_dir`, else
@@ -32,7 +36,7 @@ from airflow.sdk import Param, chain, task
 
 from consolidation.airflow import tasks
 from consolidation.airflow.dags import consolidation_dag, schema_groups
-from consolidation.airflow.sensors import ApprovalSensor
+from consolidation.airflow.approval import CleanupApproval
 from consolidation.core.plan import load_plan
 
 plan = load_plan()  # a YAML read: no database at parse time
@@ -46,8 +50,6 @@ with consolidation_dag(
                                               "true = re-run the affected 4B steps and prove them again"),
         "approval_timeout_hours": Param(72, type="number", minimum=0,
                                         description="how long to wait for a decision before the run fails"),
-        "approval_poke_seconds": Param(60, type="number", minimum=1,
-                                       description="how often the approvals table is read while waiting"),
         # null-able: the UI's form treats an empty required string as missing and disables Trigger
         "backup_dir": Param(None, type=["null", "string"],
                             description="folder for the archives (empty: CONSOLIDATION_BACKUP_DIR/<run id>)"),
@@ -58,19 +60,16 @@ with consolidation_dag(
     guard = task(task_id="require_4C_gate")(tasks.require_gate)(phase="4D")
     preflight = task(task_id="preflight")(tasks.preflight)()
     request = task(task_id="open_request")(tasks.open_request)()
-    wait = ApprovalSensor(
-        task_id="wait_for_approval",
-        request_task_id="open_request",
-        validity_hours=24,
-        timeout_hours="{{ params.approval_timeout_hours }}",
-        poke_seconds="{{ params.approval_poke_seconds }}",
-        mode="reschedule",
-        retries=0,
-    )
+    wait = CleanupApproval(task_id="wait_for_approval", request_task_id="open_request", validity_hours=24,
+                           retries=0)
     backup = task(task_id="backup", retries=0)(tasks.backup)()
     drops = schema_groups(plan.legacy_schemas, "drop what the plan lists in {schema}", lambda schema: task(
         task_id="drop", retries=0)(tasks.drop)(schema=schema))
     gate = task(task_id="gate_4D")(tasks.gate)(phase="4D")
     report = task(task_id="report")(tasks.report)()
+    # the database's lease: taken first (refused while another phase runs), held across the approval
+    # wait, given back last, also after a failure (a teardown: it does not decide the run's state)
+    lease = task(task_id="acquire_lease")(tasks.acquire_lease)()
+    release = task(task_id="release_lease")(tasks.release_lease)().as_teardown(setups=lease)
     # one schema at a time: cross-schema foreign keys never deadlock two drops
-    chain(guard, preflight, request, wait, backup, *drops, gate, report)
+    chain(lease, guard, preflight, request, wait, backup, *drops, gate, report, release)

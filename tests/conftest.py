@@ -176,7 +176,7 @@ def maintenance_dsn(server_dsn) -> str:
     return with_dbname(server_dsn, "postgres")
 
 
-def _create_database(maintenance_dsn: str, template: str | None) -> str:
+def _create_database(maintenance_dsn: str, template: str | None, *, background: bool = False) -> str:
     import psycopg
     from psycopg import sql
 
@@ -187,7 +187,9 @@ def _create_database(maintenance_dsn: str, template: str | None) -> str:
         try:
             conn.execute(statement)
         except psycopg.errors.ObjectInUse:
-            # a template must have no session: end the ones left over (e.g. a pool) and retry once
+            if background:  # someone reads the template right now: leave them alone
+                raise
+            # a template must have no session: end the ones left over (e.g. a GX pool) and retry once
             release(conn, template)
             conn.execute(statement)
     return name
@@ -203,9 +205,14 @@ def _drop_databases(maintenance_dsn: str, names) -> None:
 
 
 class _ClonePool:
-    """One spare copy of each registered template (the stages, the fixture, template0), made in
-    the background while a test runs, so the next test that asks for a copy gets it at once.
-    Only templates that no longer change are registered."""
+    """Database housekeeping off the tests' critical path, in two background threads:
+
+    * one spare copy of each registered template (the stages, the fixture, template0), made
+      while a test runs, so the next test that asks for a copy gets it at once (only templates
+      that no longer change are registered);
+    * the drop of each test's databases after the test (DROP DATABASE waits for a checkpoint,
+      which takes seconds while the server is busy).
+    """
 
     def __init__(self, maintenance_dsn: str):
         from concurrent.futures import ThreadPoolExecutor
@@ -214,7 +221,13 @@ class _ClonePool:
         self.stable: set[str | None] = {None}  # None: template0, an empty database
         self.pending: dict = {}
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="ctest-clone")
+        self.dropper = ThreadPoolExecutor(1, thread_name_prefix="ctest-drop")
+        self.drops: list = []
         self.closed = False
+
+    def discard(self, names: list[str]) -> None:
+        """Drop these databases in the background (their test is over)."""
+        self.drops.append(self.dropper.submit(_drop_databases, self.maintenance_dsn, list(names)))
 
     def register(self, template: str) -> None:
         self.stable.add(template)
@@ -230,7 +243,8 @@ class _ClonePool:
                 name = future.result()
             except Exception:  # e.g. a test was reading the template at that moment: make one now
                 name = None
-        self.pending[template] = self.executor.submit(_create_database, self.maintenance_dsn, template)
+        self.pending[template] = self.executor.submit(_create_database, self.maintenance_dsn, template,
+                                                      background=True)
         return name
 
     def close(self) -> None:
@@ -243,7 +257,10 @@ class _ClonePool:
                 pass
         self.executor.shutdown(wait=True)
         if spares:
-            _drop_databases(self.maintenance_dsn, spares)
+            self.discard(spares)
+        self.dropper.shutdown(wait=True)
+        for future in self.drops:
+            future.result()  # a failed drop is reported
 
 
 class _DatabaseFactory:
@@ -259,9 +276,12 @@ class _DatabaseFactory:
         return with_dbname(self.server_dsn, name)
 
     def drop_all(self) -> None:
-        if self.created:
-            _drop_databases(self.maintenance_dsn, reversed(self.created))  # clones before their templates
+        names = list(reversed(self.created))  # clones before their templates
         self.created.clear()
+        if names and self.pool is not None and not self.pool.closed:
+            self.pool.discard(names)
+        elif names:
+            _drop_databases(self.maintenance_dsn, names)
 
 
 def release(conn, dbname: str) -> None:
@@ -310,7 +330,10 @@ def state_folder(path: Path):
     try:
         yield path
     finally:
-        os.environ["CONSOLIDATION_STATE_DIR"] = saved
+        if saved is None:
+            os.environ.pop("CONSOLIDATION_STATE_DIR", None)
+        else:
+            os.environ["CONSOLIDATION_STATE_DIR"] = saved
 
 
 @pytest.fixture(autouse=True)
@@ -386,6 +409,25 @@ def template_4c(make_session_db, maintenance_dsn, clone_pool, template_4b) -> St
         return export
 
     return _stage(make_session_db, maintenance_dsn, clone_pool, template_4b.name, "4c", build)
+
+
+def read_only(dsn: str) -> str:
+    """The same database, every transaction read-only (for reading a template without copying it)."""
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(dsn, options="-c default_transaction_read_only=on")
+
+
+@pytest.fixture
+def ro_4b(template_4b) -> str:
+    """The 4B stage itself, read-only: for tests that only read (no copy made)."""
+    return read_only(template_4b.dsn)
+
+
+@pytest.fixture
+def ro_4c(template_4c) -> str:
+    """The 4C stage itself, read-only: for tests that only read (no copy made)."""
+    return read_only(template_4c.dsn)
 
 
 @pytest.fixture
@@ -521,18 +563,19 @@ def _quick_idle_waits():
 
 @pytest.fixture(scope="session")
 def run_dag(airflow_dags):
-    """run_dag(dag_id, dsn, conf=None) -> the DagRun's state, after dag.test() against `dsn`.
+    """run_dag(dag_id, dsn, conf=None, dags=None) -> the DagRun's state, after dag.test() against `dsn`
+    (dags: {dag_id: DAG} of a DagBag of your own, e.g. parsed with CONSOLIDATION_PLAN set).
 
     The DAG reaches the database through the Airflow connection consolidation_db, set
     from `dsn` for the duration of the run (CONSOLIDATION_DB_URL is hidden meanwhile).
     """
     from unittest import mock
 
-    def _run(dag_id: str, dsn: str, conf: dict | None = None) -> str:
+    def _run(dag_id: str, dsn: str, conf: dict | None = None, dags: dict | None = None) -> str:
         saved = {k: os.environ.get(k) for k in ("AIRFLOW_CONN_CONSOLIDATION_DB", "CONSOLIDATION_DB_URL")}
         os.environ["AIRFLOW_CONN_CONSOLIDATION_DB"] = dsn
         os.environ.pop("CONSOLIDATION_DB_URL", None)
-        dag = airflow_dags.dags[dag_id]
+        dag = (dags or airflow_dags.dags)[dag_id]  # dags: another DagBag's (e.g. parsed with another plan)
         # Airflow merges a run's conf into the Param objects the DAG and its tasks share;
         # in-process runs would inherit the previous run's conf: restore their defaults
         params = [d.get_param(k) for d in (dag.params, *(t.params for t in dag.tasks)) for k in d]
@@ -563,3 +606,15 @@ def task_states(dag_id: str) -> tuple[str, dict[str, str]]:
         dr = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc())).first()
         return dr.run_id, {ti.task_id: str(getattr(ti.state, "value", ti.state))
                            for ti in dr.get_task_instances(session=session)}
+
+
+@pytest.fixture(scope="session")
+def core_api(airflow_dags):
+    """(url, AIRFLOW_HOME): Airflow's core REST API served from this process on the session's
+    metadata database (consolidation.dev.api_server), so a 4D dag.test() parked in its
+    human-in-the-loop approval can be answered as a person would (logins operator, approver)."""
+    from consolidation.dev import api_server
+
+    home = Path(os.environ["AIRFLOW_HOME"])
+    with api_server.serve(home) as url:
+        yield url, home

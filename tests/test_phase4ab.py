@@ -20,8 +20,8 @@ from consolidation.core import ledger
 from consolidation.phases import extend
 from consolidation.phases.migrate import run_step
 
-from conftest import task_states
-from phase_helpers import PLAN, engine_4a, engine_4b, q, run_gate, snapshot, table_md5
+from conftest import read_only, state_folder, task_states
+from phase_helpers import PLAN, engine_4b, q, snapshot, table_md5
 
 COPIES = [s for s in PLAN.steps if s.action == "copy" and not s.is_recreated_view]
 TARGETS = sorted({s.target for s in PLAN.migrating_steps()})
@@ -34,7 +34,7 @@ def test_4a_then_4b_dags_migrate_exactly_what_the_engine_does(legacy_db, templat
     the rows of the 4B stage built through the engine (which the tests below examine)."""
     assert run_dag("phase4a_schema_extension", legacy_db) == "success"
     assert run_dag("phase4b_data_migration", legacy_db) == "success"
-    assert snapshot(legacy_db, PLAN.consolidated_schemas) == snapshot(template_4b.dsn, PLAN.consolidated_schemas)
+    assert snapshot(legacy_db, PLAN.consolidated_schemas) == snapshot(read_only(template_4b.dsn), PLAN.consolidated_schemas)
     with psycopg.connect(legacy_db) as conn:
         rows = ledger.rows(conn, PLAN, "phase = '4B' AND kind = 'step'")
         assert {r["name"] for r in rows} == {s.name for s in PLAN.steps if s.action != "delete"}
@@ -61,8 +61,8 @@ def test_4b_dag_refuses_without_a_passed_4a_gate_and_its_gate_refuses_too(legacy
 
 
 # ------------------------------------------------------------------ the migrated data
-def test_4a_4b_move_every_row_exactly(db_4b):
-    with psycopg.connect(db_4b) as conn:
+def test_4a_4b_move_every_row_exactly(ro_4b):
+    with psycopg.connect(ro_4b) as conn:
         for step in COPIES:
             if step.source == "splits.games":
                 continue  # renamed/cast columns: checked below
@@ -101,8 +101,8 @@ def test_4a_4b_move_every_row_exactly(db_4b):
         assert [(g["phase"], g["status"]) for g in gates] == [("4A", "success"), ("4B", "success")]
 
 
-def test_teams_are_enriched_not_multiplied(db_4b):
-    with psycopg.connect(db_4b) as conn:
+def test_teams_are_enriched_not_multiplied(ro_4b):
+    with psycopg.connect(ro_4b) as conn:
         n, enriched, formatted = conn.execute(
             "SELECT count(*), count(action_network_id), count(display_name) FROM core_betting.teams").fetchone()
         assert (n, enriched, formatted) == (30, 30, 30)
@@ -121,8 +121,8 @@ def test_teams_are_enriched_not_multiplied(db_4b):
                                 (abbr,)).fetchone()[0] == target_value
 
 
-def test_union_keeps_provenance_without_collisions(db_4b):
-    with psycopg.connect(db_4b) as conn:
+def test_union_keeps_provenance_without_collisions(ro_4b):
+    with psycopg.connect(ro_4b) as conn:
         by_source = dict(conn.execute(
             "SELECT source_table, count(*) FROM operational.strategy_configurations GROUP BY 1").fetchall())
         assert by_source == {"tracking.active_strategy_configs": 20, "backtesting.strategy_configurations": 36}
@@ -181,15 +181,32 @@ def test_targets_survive_dropping_the_legacy_schemas(db_4b):
 
 
 # ------------------------------------------------------------------ failures
-def test_uncastable_row_is_quarantined_and_fails_the_gate(legacy_db):
-    with psycopg.connect(legacy_db) as conn:
+DAMAGE = {"core_betting.game_outcomes": "UPDATE core_betting.game_outcomes SET home_score = home_score + 1 WHERE id = 5",
+          "operational.migration_log": "DELETE FROM operational.migration_log WHERE id = 3"}
+
+
+@pytest.fixture(scope="module")
+def failed_4b(make_session_db, template_4a, tmp_path_factory):
+    """4B on a copy of the 4A stage where one legacy value cannot be cast; afterwards two other
+    targets are damaged; then gate_4B, once (as the DAG runs it after a failed step): (dsn,
+    failed steps, GateFailed)."""
+    dsn = make_session_db(template=template_4a.name)
+    with psycopg.connect(dsn) as conn:
         conn.execute("UPDATE splits.games SET game_id = 'test_sharp_action_777' WHERE id = 17")
-    engine_4a(legacy_db)
-    failed = engine_4b(legacy_db, gate=False)
+    with state_folder(tmp_path_factory.mktemp("failed-4b")):
+        failed = engine_4b(dsn, gate=False)
+        with psycopg.connect(dsn) as conn:
+            for table, damage in DAMAGE.items():
+                assert conn.execute(damage).rowcount == 1, f"the damage must hit a row of {table}"
+        with psycopg.connect(dsn) as conn, pytest.raises(GateFailed) as err:
+            api.gate(conn, dsn, PLAN, "4B", run_id="r-4b", user="test")
+    return dsn, failed, err.value
+
+
+def test_uncastable_row_is_quarantined_and_fails_the_gate(failed_4b):
+    dsn, failed, _ = failed_4b
     assert list(failed) == ["copy__splits__games"] and "quarantined" in str(failed["copy__splits__games"])
-    with psycopg.connect(legacy_db) as conn, pytest.raises(GateFailed):
-        api.gate(conn, legacy_db, PLAN, "4B", run_id="r-4b", user="test")  # as gate_4B runs after a failed step
-    with psycopg.connect(legacy_db) as conn:
+    with psycopg.connect(dsn) as conn:
         rows = conn.execute("SELECT step, original, reason FROM operational.consolidation_quarantine").fetchall()
         assert len(rows) == 1
         step, original, reason = rows[0]
@@ -207,7 +224,19 @@ def test_uncastable_row_is_quarantined_and_fails_the_gate(legacy_db):
             phases.require_gate(conn, PLAN, "4C")
 
 
-def test_quarantine_threshold_lets_a_step_pass(legacy_db):
+def test_gate_fails_and_names_each_damaged_table(failed_4b):
+    _, _, err = failed_4b
+    summary = str(err)
+    failed = {(r.check.table, r.check.name) for r in err.result.failures()}
+    for table in DAMAGE:
+        assert table in summary, table
+        assert (table, "rows_present") in failed
+    assert "FAILED" in summary
+    # nothing else is blamed: the damaged targets and the one with a quarantined row
+    assert {t for t, _ in failed} == set(DAMAGE) | {"core_betting.supplementary_games"}
+
+
+def test_quarantine_threshold_lets_a_step_pass(db_4a):
     import yaml
     from consolidation.core import config
     from consolidation.core.plan import parse_plan
@@ -215,32 +244,11 @@ def test_quarantine_threshold_lets_a_step_pass(legacy_db):
     raw = yaml.safe_load(open(config.DEFAULT_PLAN))
     next(s for s in raw["steps"] if s["source"] == "splits.games")["quarantine_threshold"] = 1
     plan = parse_plan(raw)
-    with psycopg.connect(legacy_db) as conn:
+    with psycopg.connect(db_4a) as conn:  # the 4A stage: same targets (the threshold changes no DDL)
         conn.execute("UPDATE splits.games SET game_id = 'n/a' WHERE id = 3")
-    engine_4a(legacy_db, plan)
-    with psycopg.connect(legacy_db) as conn:
+        conn.commit()
         result = run_step(conn, plan, "copy__splits__games", run_id="t", user="test")
     assert (result.read, result.inserted, result.quarantined, result.path) == (252, 251, 1, "per-row")
-
-
-DAMAGE = {"core_betting.game_outcomes": "UPDATE core_betting.game_outcomes SET home_score = home_score + 1 WHERE id = 5",
-          "operational.migration_log": "DELETE FROM operational.migration_log WHERE id = 3"}
-
-
-def test_gate_fails_and_names_each_damaged_table(db_4b):
-    with psycopg.connect(db_4b) as conn:  # the gate passed on exactly these rows (the 4B stage)
-        assert ledger.latest(conn, PLAN, phase="4B", kind="gate")["status"] == "success"
-        for table, damage in DAMAGE.items():
-            assert conn.execute(damage).rowcount == 1, f"the damage must hit a row of {table}"
-    with pytest.raises(GateFailed) as err:
-        run_gate(db_4b, "4B")
-    summary = str(err.value)
-    failed = {(r.check.table, r.check.name) for r in err.value.result.failures()}
-    for table in DAMAGE:
-        assert table in summary, table
-        assert (table, "rows_present") in failed
-    assert "FAILED" in summary
-    assert {t for t, _ in failed} == set(DAMAGE)  # nothing else is blamed
 
 
 def test_existing_target_with_other_columns_stops_4a(legacy_db):

@@ -72,9 +72,9 @@ def test_4c_dag_registers_every_migrated_table_and_passes_its_gate(db_4b, run_da
     assert registry.resolve(dsn, "splits.games") == registry.resolve_file(export_file, "splits.games")  # by DSN
 
 
-def test_resolved_names_return_the_legacy_rows(db_4c, plan):
+def test_resolved_names_return_the_legacy_rows(ro_4c, plan):
     """Checked here, independently of the gate: renamed, union and merge entries."""
-    dsn = db_4c
+    dsn = ro_4c
     with psycopg.connect(dsn) as conn:
         games = registry.resolve(conn, "splits.games", plan=plan)
         assert games.physical("game_id") == "external_game_id" and games.physical("home") == "home_team"
@@ -274,10 +274,10 @@ def test_shipped_smoke_queries_cover_every_legacy_schema(plan):
         assert all(plan.step_for_source(*n.split(".")).action != "delete" for n in q.names), q.name
 
 
-def test_cli_resolves_from_file_and_database(template_4c, db_4c, cli):
+def test_cli_resolves_from_file_and_database(template_4c, ro_4c, cli):
     out = cli("registry", "resolve", "splits.games", "--file", str(template_4c.export_file))
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == "splits.games -> core_betting.supplementary_games"
     assert "game_id                      external_game_id (cast from bigint)" in out.stdout
-    out = cli("registry", "resolve", "public.test_table", dsn=db_4c)
+    out = cli("registry", "resolve", "public.test_table", dsn=ro_4c)
     assert out.returncode == 1 and "public.test_table is not in the registry" in out.stderr

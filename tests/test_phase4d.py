@@ -26,11 +26,11 @@ from consolidation.checks import gates as phases
 from consolidation.core import ledger
 from consolidation.phases import backup, cleanup
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, read_only, state_folder
 from phase_helpers import EVERYTHING, PLAN, call_task, record_gate, snapshot, table_md5, task_context, task_db
 
 DAG = "phase4d_legacy_cleanup"
-FAST = {"approval_poke_seconds": 1, "approval_timeout_hours": 0.05}
+FAST = {"approval_timeout_hours": 0.5}
 
 
 def cli(*args: str, dsn: str):
@@ -106,21 +106,26 @@ def poke(dsn: str, request_id: int):
 
 # ------------------------------------------------------------------ the full run
 @pytest.fixture(scope="module")
-def cleaned(template_4c, make_session_db, run_dag, tmp_path_factory):
+def cleaned(template_4c, make_session_db, clone_pool, run_dag, core_api, tmp_path_factory):
     """One full 4D run on a copy of the 4C stage, approved from the CLI while the sensor waits."""
     dsn = make_session_db(template=template_4c.name)
     before = snapshot(dsn, PLAN.legacy_schemas)
     targets_before = snapshot(dsn, PLAN.consolidated_schemas)
     out = tmp_path_factory.mktemp("4d")
     conf = FAST | {"backup_dir": str(out / "backup"), "report_dir": str(out / "report")}
-    with Decider(dsn) as decider:
+    from test_hitl_approval import Responder  # approves through Airflow's HITL endpoint, as the approver
+
+    with state_folder(out / "state"), Responder(*core_api, dsn) as decider:  # its own state folder (GX results)
         state = run_dag(DAG, dsn, conf)
     assert decider.error is None, decider.error
-    assert decider.result.returncode == 0, decider.result.stderr
+    assert decider.cli.returncode == 0, decider.cli.stderr
     with psycopg.connect(dsn) as conn:
         run_id = ledger.latest(conn, PLAN, phase="4D", kind="gate", name="gate_4D")["run_id"]
     for archive in (out / "backup").glob("*"):
         archive.chmod(0o444)  # the rollback's clones restore from them, read-only
+    from conftest import dbname_of
+
+    clone_pool.register(dbname_of(dsn))  # it no longer changes: tests get copies
     return {"dsn": dsn, "state": state, "before": before, "targets_before": targets_before, "out": out,
             "run_id": run_id}
 
@@ -136,7 +141,7 @@ def test_full_cleanup_drops_only_after_approval_and_backup(cleaned):
         assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace").fetchone()[0] == 0
         # the approval: requested, approved from the CLI by 'owner', verified, before the first backup
         req = request_rows(dsn)[-1]
-        assert (req["status"], req["decided_by"], req["decided_via"]) == ("approved", "owner", "cli")
+        assert (req["status"], req["decided_by"], req["decided_via"]) == ("approved", "approver", "airflow")
         events = ledger.rows(conn, PLAN, "run_id = %s", (cleaned["run_id"],))
         order = [(r["kind"], r["name"]) for r in events]
         verified = order.index(("approval", "approval_verified"))  # the sensor re-checked the data's fingerprint
@@ -194,7 +199,7 @@ def test_report_lists_approval_gates_backups_and_is_self_contained(cleaned):
     folder = cleaned["out"] / "report"  # the run's report_dir param
     md, page = (folder / "report.md").read_text(), (folder / "report.html").read_text()
     for text in (md, page):
-        assert "owner" in text and "reviewed the 4B gate and backups" in text  # who and why
+        assert "approver" in text and "reviewed the 4B and 4C gates and the DROP list" in text  # who and why
         for gate in ("gate_4A", "gate_4B", "reconcile_4D", "gate_4D"):
             assert gate in text
         assert "public.sbr_parsed_games" in text and "raw_data.sbr_parsed_games" in text
@@ -352,7 +357,7 @@ def test_public_is_kept_unless_the_plan_drops_it(template_4c, make_db, tmp_path)
     raw = yaml.safe_load(open(config.DEFAULT_PLAN))
     raw["legacy_schemas"]["public"]["drop_schema"] = True
     dropping = parse_plan(raw)
-    targets = snapshot(template_4c.dsn, PLAN.consolidated_schemas)
+    targets = snapshot(read_only(template_4c.dsn), PLAN.consolidated_schemas)
     for plan, kept in ((PLAN, True), (dropping, False)):
         dsn = make_db(template=template_4c.name)
         backup.take_backup(dsn, plan, tmp_path / str(kept), run_id="pub", user="test")

@@ -55,7 +55,7 @@ def _reject(raw: dict, *fragments: str):
 def test_unknown_action():
     raw = seed()
     raw["steps"][0]["action"] = "move"
-    _reject(raw, "step 1 (public.sbr_raw_html)", "unknown action 'move'", "copy, merge, union, delete")
+    _reject(raw, "steps[0] (public.sbr_raw_html).action is 'move'", "use one of copy, merge, union, delete")
 
 
 def test_unknown_source_schema():
@@ -102,7 +102,7 @@ def test_merge_without_key():
     raw = seed()
     step = next(s for s in raw["steps"] if s["source"] == "action.dim_teams")
     del step["key"]
-    _reject(raw, "action.dim_teams", "a merge needs `key`")
+    _reject(raw, "steps[11] (action.dim_teams): missing `key` (the business key, {target_column: source_column})")
 
 
 def test_target_colliding_with_tool_table():

@@ -84,9 +84,11 @@ def test_one_changed_row_is_named_by_key_through_the_recursion(db_4b):
         assert after["target_checksum"] != before["target_checksum"]
     with pytest.raises(GateFailed) as exc:
         run_gate(db_4b, "4B")
-    failed = {(r.check.table, r.check.name): r for r in exc.value.result.results if not r.success}
-    assert {(step.target, "rows_present"), (step.target, "counts_reconcile"),
-            (step.target, "no_unexpected_rows")} <= set(failed)
+    failed = {(r.check.table, r.check.name): r for r in exc.value.result.failures()}
+    assert set(failed) == {(step.target, "rows_present"), (step.target, "counts_reconcile"),
+                           (step.target, "no_unexpected_rows")}  # nothing else is blamed
+    assert failed[(step.target, "rows_present")].observed == 2  # the changed and the deleted row
+    assert failed[(step.target, "no_unexpected_rows")].observed == 1  # the changed row's new value
 
 
 def test_keyless_side_is_segmented_by_row_hash(db_4b):

@@ -31,6 +31,7 @@ moves (4B, phases.migrate: start / complete)
     moves_rows, verify_path    False: 4B only verifies it (StepResult.path = verify_path)
     validate(step, spec)   problems that make the step impossible against the specs
     pre_statements / statement   the SQL moving its rows (one statement, set-based or per row)
+    load_statement         the same rows as a plain INSERT ... SELECT into an empty target 4A made
     upstream(plan, step)   steps that must run first besides foreign-key parents
 proves (checks.reconcile, checks.gate_4b)
     compared_columns, target_filter, projection(plan, step, spec)   what reconcile compares
@@ -45,11 +46,15 @@ rollback
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from psycopg import sql
 
 from consolidation.core.catalog import row_hash_of
 from consolidation.core.ledger import tool_ident
 from consolidation.core.plan import Plan, PlanError, Step, action_of
+from consolidation.core.columns.check import expression_type
+from consolidation.core.columns.mapping import ColumnMap
 from consolidation.core.spec import (ColumnSpec, Flow, TargetSpec, flows_for, resolve_type, source_ident,
                                      source_relation)
 
@@ -167,6 +172,7 @@ class Action:
 
     # -- moves (4B) ---------------------------------------------------------------
     moves_rows = True
+    batches = False  # True: with `batch_rows`, `statement` may run over key ranges of the source (phases.load.batches)
     verify_path = ""  # StepResult.path of a step that moves nothing
 
     def validate(self, step: Step, spec: TargetSpec | None) -> list[str]:
@@ -186,6 +192,12 @@ class Action:
         (source = jsonb_populate_record(NULL::legacy, $1)).
         """
         raise NotImplementedError
+
+    def load_statement(self, plan: Plan, step: Step, spec: TargetSpec, source: sql.Composable) -> sql.Composable | None:
+        """A plain `INSERT ... SELECT` of every row of `source` into an empty target 4A created
+        (no anti-join, no RETURNING: the row count is the statement's); None: the action has
+        none and always runs `statement` (phases.load.bulk decides when this applies)."""
+        return None
 
     def upstream(self, plan: Plan, step: Step) -> list[Step]:
         """Steps that must have run before this one (besides those filling its foreign keys' tables)."""
@@ -208,7 +220,8 @@ class Action:
         """(source side, target side, key) that reconciliation compares row by row.
 
         Each side is `SELECT <key...>, h`: the key columns plus a 64-bit hash of the compared columns,
-        both cast to the target's types; the source without its quarantined rows, the target
+        both cast to the target's types; the source without its quarantined rows (one row per
+        remaining source row: reconcile.checksums takes its count as the read count), the target
         restricted to the rows of this step.
         """
         types = {f.target: f.type for f in spec.flows[step.name]}
@@ -221,6 +234,12 @@ class Action:
         tgt = sql.SQL("SELECT {}{} AS h FROM {} AS t WHERE {}").format(
             tkey_sel, row_hash(cmp_cols, "t", types), spec.ident, self.target_filter(step, spec, rows))
         return src, tgt, key
+
+    def value_checks(self, plan: Plan, step: Step, spec: TargetSpec) -> list[tuple[str, str, list[Flow],
+                                                                              sql.Composable | None]]:
+        """The 4B gate's column-by-column comparisons: (name, which rows, the flows compared,
+        a condition on the source rows r or None). Together they cover every column the step fills."""
+        return [("values_equal", "", self.compared_columns(step, spec), None)]
 
     def owns_target_rows(self, step: Step, spec: TargetSpec) -> bool:
         """True when every row of the target (of this step) must come from its source: the 4B
@@ -261,23 +280,65 @@ class Action:
 
 # ---------------------------------------------------------------------------
 def column_flows(conn, step: Step, rel, existing, skip: set[str] = frozenset()) -> list[Flow]:
-    """One flow per source column (renamed or cast by the plan's `columns`, minus `ignore`d
-    and `skip`ped ones), then the plan's columns filled by a default only."""
+    """One flow per source column (renamed or cast by the plan's `columns`, minus `ignore`d and
+    `skip`ped ones, and minus those only an expression or map reads), then every other mapping
+    of the plan: a second target column fed by the same source column, expressions, maps,
+    constants and defaults. Each mapping of the plan yields exactly one flow."""
     flows: list[Flow] = []
-    by_source = {m.source: m for m in step.columns.values() if m.source}
+    plain: dict[str, ColumnMap] = {}  # the first plain mapping of each source column carries its identity
+    for m in step.columns.values():
+        if m.source is not None and m.source not in rel.columns:
+            raise PlanError(f"{step.label}: columns.{m.target} maps from {m.source!r}, which {step.source} does not have "
+                            f"(it has {', '.join(rel.columns)}); fix the column name")
+        if m.plain and m.source not in plain:
+            plain[m.source] = m
+    read_by_computed = set().union(*(m.referenced_columns() for m in step.columns.values() if not m.plain))
     for col in rel.columns.values():
         if col.name in step.ignore:
             continue
-        m = by_source.get(col.name)
-        if col.name in skip and m is None:
+        m = plain.get(col.name)
+        if m is None:
+            if col.name in skip or col.name in read_by_computed:
+                continue  # it lives on through the mappings that read it
+            flows.append(Flow(col.name, col.type, col.name))
             continue
-        cast = resolve_type(conn, m.cast, step.label) if m and m.cast else None
-        flows.append(Flow(m.target if m else col.name, cast or col.type, col.name, cast, m.default if m else None))
+        flows.append(mapped_flow(conn, step, m, existing, col.type, carries_source=True))
     for m in step.columns.values():
-        if m.source is None:
-            typ = existing.columns[m.target].type if existing is not None and m.target in existing.columns else "text"
-            flows.append(Flow(m.target, typ, None, None, m.default))
+        if m.plain and plain.get(m.source) is m:
+            continue
+        source_type = rel.columns[m.source].type if m.source is not None else None
+        flows.append(mapped_flow(conn, step, m, existing, source_type, carries_source=False))
     return flows
+
+
+def mapped_flow(conn, step: Step, m: ColumnMap, existing, source_type: str | None, *, carries_source: bool,
+                typ: str | None = None) -> Flow:
+    """The flow of one plan mapping. Its type: `typ` if given, else the existing target column's,
+    else the cast's, else the source column's (plain), the expression's, or a constant's."""
+    cast = resolve_type(conn, m.cast, f"{step.label}: columns.{m.target}") if m.cast else None
+    if cast and cast != m.cast:
+        m = replace(m, cast=cast)  # the server's spelling, spliced into SQL
+    if typ is None and existing is not None and m.target in existing.columns:
+        typ = existing.columns[m.target].type
+    if typ is None:
+        typ = cast or _own_type(conn, step, m, source_type)
+    return Flow(m.target, typ, m.source if carries_source else None, cast, m.default, mapping=m)
+
+
+def _own_type(conn, step: Step, m: ColumnMap, source_type: str | None) -> str:
+    """The type a mapping gives a column of a target 4A creates (no cast, no existing column)."""
+    if m.kind in ("column", "cast"):
+        return source_type or "text"
+    if m.kind == "expr":
+        return expression_type(conn, sql.SQL("({})").format(sql.SQL(m.expr)), source_ident(step),
+                               f"{step.label}: columns.{m.target}", raw_text=m.expr)
+    if m.kind == "value" and isinstance(m.value, bool):
+        return "boolean"
+    if m.kind == "value" and isinstance(m.value, int):
+        return "bigint"
+    if m.kind == "value" and isinstance(m.value, float):
+        return "numeric"
+    return "text"  # a map's values, a text constant, a default only: write `cast` for another type
 
 
 def row_hash(cols: list[str], alias: str, types: dict[str, str]) -> sql.Composed:

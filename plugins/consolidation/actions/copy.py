@@ -9,12 +9,14 @@ from psycopg import sql
 
 from consolidation.core.plan import Plan, Step, named_action
 from consolidation.core.spec import ColumnSpec, TargetSpec, carry_table_details, portable_default, source_relation
-from consolidation.actions.base import Action, column_list, key_match, projected_source, undo_inserts
+from consolidation.actions.base import TARGET_KEYS, Action, column_list, key_match, projected_source, undo_inserts
 
 
 class CopyAction(Action):
     name = "copy"
     described_as = "copy steps"
+    plan_keys = TARGET_KEYS | {"batch_rows"}
+    batches = True  # its statement skips rows already present, so any key range can run (again)
 
     def resolve(self, step: Step) -> Action:
         if step.is_recreated_view:
@@ -71,6 +73,13 @@ class CopyAction(Action):
             parts.append(sql.SQL(", u AS ({})").format(undo_inserts(plan, step, spec, run_id, "ins")))
         parts.append(sql.SQL(" SELECT (SELECT count(*) FROM ins), 0"))
         return sql.Composed(parts)
+
+    def load_statement(self, plan, step, spec, source):
+        if spec.exists_before_plan:  # inserts into a table that existed go to the undo log
+            return None
+        flows = spec.flows[step.name]
+        return sql.SQL("INSERT INTO {tgt} ({cols}) {rows}").format(
+            tgt=spec.ident, cols=column_list(f.target for f in flows), rows=projected_source(step, spec, source))
 
     def undo_note(self, step, spec):
         if spec.exists_before_plan:

@@ -13,7 +13,7 @@ from consolidation.core.ledger import tool_ident
 from consolidation.core.plan import PlanError
 from consolidation.core.spec import Flow, resolve_type, source_relation
 from consolidation.actions.base import (TARGET_KEYS, Action, ActionError, column_list, key_in, key_json, key_match,
-                                        projected_source, undo_inserts)
+                                        mapped_flow, projected_source, undo_inserts)
 
 
 class MergeAction(Action):
@@ -53,18 +53,22 @@ class MergeAction(Action):
         """The business key, then the mapped columns, typed as the target has them (or as added)."""
         rel = source_relation(catalog, step)
         flows: list[Flow] = []
-        pairs = [(t, s, None, None) for t, s in step.key.items()]
-        pairs += [(m.target, m.source, m.cast, m.default) for m in step.columns.values()]
-        for tcol, scol, cast_text, default in pairs:
-            src = rel.columns.get(scol) if scol else None
-            cast = resolve_type(conn, cast_text, step.label) if cast_text else None
-            if tcol in step.add_columns:
-                typ = resolve_type(conn, step.add_columns[tcol].type, step.label)
-            elif existing is not None and tcol in existing.columns:
-                typ = existing.columns[tcol].type
-            else:
-                typ = cast or (src.type if src else "text")
-            flows.append(Flow(tcol, typ, scol, cast, default))
+        for tcol, scol in step.key.items():
+            src = rel.columns.get(scol)
+            typ = existing.columns[tcol].type if existing is not None and tcol in existing.columns else (
+                src.type if src else "text")
+            flows.append(Flow(tcol, typ, scol))
+        carried = set(step.key.values())  # the first plain mapping of a source column carries its identity
+        for m in step.columns.values():
+            if m.source is not None and m.source not in rel.columns:
+                raise PlanError(f"{step.label}: columns.{m.target} maps from {m.source!r}, which {step.source} does "
+                                f"not have (it has {', '.join(rel.columns)}); fix the column name")
+            carries = m.plain and m.source not in carried
+            if carries:
+                carried.add(m.source)
+            typ = resolve_type(conn, step.add_columns[m.target].type, step.label) if m.target in step.add_columns else None
+            flows.append(mapped_flow(conn, step, m, existing, rel.columns[m.source].type if m.source else None,
+                                     carries_source=carries, typ=typ))
         return flows
 
     def target_key(self, spec, existing):
@@ -161,6 +165,13 @@ class MergeAction(Action):
 
     def target_filter(self, step, spec, source_rows):
         return key_in(spec, source_rows)
+
+    def value_checks(self, plan, step, spec):
+        # matched rows: key and enriched columns; rows the merge inserted (undo log): every mapped column
+        inserted = sql.SQL("EXISTS (SELECT 1 FROM {u} AS u WHERE u.step = {n} AND u.op = 'insert' AND u.key = {k})").format(
+            u=tool_ident(plan, "undo"), n=sql.Literal(step.name), k=key_json(spec, "r"))
+        return super().value_checks(plan, step, spec) + [
+            ("inserted_rows_equal", " (rows it inserted)", spec.flows[step.name], inserted)]
 
     def owns_target_rows(self, step, spec):
         return False  # the target held rows of its own before

@@ -8,6 +8,7 @@ the new view returns the same rows as the legacy one (whole rows, hashed).
 from __future__ import annotations
 
 from consolidation.core.catalog import row_hashes
+from consolidation.core.columns.check import lexical_problem
 from consolidation.core.plan import PlanError, action_of
 from consolidation.core.spec import ColumnSpec, source_ident, source_relation
 from consolidation.actions.base import TARGET_KEYS, Action
@@ -34,6 +35,11 @@ class RecreateViewAction(Action):
         step.definition = entry.get("definition")
         if not step.definition or not str(step.definition).strip():
             raise PlanError(self.missing_key(step, label, "definition"))
+        # 4A runs CREATE VIEW ... AS <definition>: it must be one SELECT, nothing after it. The
+        # database checks the rest once the tables exist (select_problem, in 4A before any write).
+        problem = definition_problem(step.definition)
+        if problem:
+            raise PlanError(f"{label}: definition: {problem}; write one SELECT over the consolidated tables")
 
     def catalog_problems(self, step, src_cols, tgt_cols, catalog):
         return []  # the view's columns are its definition's
@@ -70,3 +76,20 @@ class RecreateViewAction(Action):
 
     def undo_note(self, step, spec):
         return f"drop view {spec.qualified} (created by 4A)"
+
+
+_SELECT_START = ("select", "with", "values", "table", "(")
+
+
+def definition_problem(text: str) -> str | None:
+    """Why a view definition is not one SELECT, read without a database (None: it may be)."""
+    body = text.strip().removesuffix(";")
+    problem = lexical_problem(body, "the definition")
+    if problem and "`;`" in problem:
+        return "it holds more than one statement (a `;` before its end)"
+    if problem:
+        return problem
+    if not body.lower().startswith(_SELECT_START):
+        return f"the definition starts with {body.split()[0][:30]!r}, not SELECT"
+    return None
+

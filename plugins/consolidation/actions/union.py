@@ -17,7 +17,7 @@ from consolidation.actions.copy import CopyAction
 class UnionAction(CopyAction):
     name = "union"
     described_as = "union steps"
-    plan_keys = TARGET_KEYS | {"target_key", "provenance"}
+    plan_keys = TARGET_KEYS | {"target_key", "provenance", "batch_rows"}
     required_keys = ("target", "target_key", "provenance")
     shared_target_rule = "all `union` (rows keep their source table and key)"
     resolve = Action.resolve  # a recreated view is copy's, not union's

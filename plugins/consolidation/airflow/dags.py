@@ -2,7 +2,9 @@
 nightly schedule read from the environment. Imported at parse time: no database, no engine."""
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -10,6 +12,8 @@ import pendulum
 from airflow.sdk import DAG, CronTriggerTimetable, TaskGroup
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
+_PLAIN_ID = re.compile(r"[a-z0-9_]+")
+_MAX_ID = 200  # Airflow's limit is 250 characters, a group's prefix included
 
 
 def consolidation_dag(dag_id: str, doc: str, *, description: str, tags: Iterable[str], schedule=None,
@@ -20,12 +24,34 @@ def consolidation_dag(dag_id: str, doc: str, *, description: str, tags: Iterable
                max_active_runs=1, doc_md=doc, params=params, tags=["consolidation", *tags], **kwargs)
 
 
+def airflow_id(name: str) -> str:
+    """A task or TaskGroup id for a name from the plan or the catalog (any name PostgreSQL accepts).
+
+    Airflow ids are letters, digits, '_', '-' (and '.' between a group and its tasks): a name of
+    lowercase ASCII letters, digits and '_' is its own id; any other is lowercased, every other
+    character becomes '_', and 8 hex digits of the name's sha256 are added, so names that read
+    alike (`UPPER Case`, `upper_case`) get different ids, the same ones in every process.
+    The real name goes in the display name (`display_name`)."""
+    if _PLAIN_ID.fullmatch(name) and len(name) <= _MAX_ID:
+        return name
+    base = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")[:_MAX_ID] or "x"
+    return f"{base}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def display_name(name: str) -> dict[str, str]:
+    """task(...) keyword for a task whose id is airflow_id(name): the real name, when it differs."""
+    return {} if airflow_id(name) == name else {"task_display_name": name}
+
+
 def schema_groups(schemas: Iterable[str], tooltip: str, tasks_of: Callable[[str], Any]) -> list[TaskGroup]:
-    """One TaskGroup per schema (group id: the schema; `tooltip` may say {schema}) holding the
-    tasks `tasks_of(schema)` makes; the groups in the order of `schemas`."""
+    """One TaskGroup per schema (group id: airflow_id(schema), shown as the schema's name;
+    `tooltip` may say {schema}) holding the tasks `tasks_of(schema)` makes; the groups in the
+    order of `schemas`."""
     groups = []
     for schema in schemas:
-        with TaskGroup(group_id=schema, tooltip=tooltip.format(schema=schema)) as group:
+        gid = airflow_id(schema)
+        extra = {} if gid == schema else {"group_display_name": schema}
+        with TaskGroup(group_id=gid, tooltip=tooltip.format(schema=schema), **extra) as group:
             tasks_of(schema)
         groups.append(group)
     return groups

@@ -146,3 +146,30 @@ class NightlyFailureNotifier:
         notifier = build(path, kwargs)
         log.info("nightly validation failed; notifying through %s", path)
         notifier(context)
+
+
+def notify_approval_request(context, *, request_id: int, fingerprint: str, assignees: list[str], link: str) -> None:
+    """A cleanup approval request opened: the configured notifier (if any) gets the summary and
+    the Required Actions link as `consolidation_summary` / `consolidation_page`. A notifier that
+    fails is logged, never fatal: the request is listed in Required Actions either way."""
+    try:
+        conf = configured()
+    except NotifierConfigError as exc:
+        log.error("cleanup request %s opened, and the notifier is misconfigured: %s", request_id, exc)
+        return
+    summary = (f"Cleanup request {request_id} (fingerprint {fingerprint[:12]}) waits for approval by "
+               f"{', '.join(assignees)}: {link}")
+    if conf is None:
+        log.info("%s; no notifier configured (%s or Variable %s)", summary, ENV_CLASS, VARIABLE)
+        return
+    path, kwargs = conf
+    context = dict(context)
+    dag = context.get("dag")
+    if dag is not None and not hasattr(dag, "get_template_env"):
+        context["dag"] = _DagForTemplates(dag)
+    context["consolidation_summary"], context["consolidation_page"] = summary, link
+    try:
+        build(path, kwargs)(context)
+        log.info("cleanup request %s: notified through %s", request_id, path)
+    except Exception as exc:  # a broken channel must not stop the approval from being asked
+        log.error("cleanup request %s: notifier %s failed: %s", request_id, path, exc)

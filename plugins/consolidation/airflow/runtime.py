@@ -17,9 +17,11 @@ from functools import cached_property
 from typing import Any, Callable
 
 from consolidation.airflow.connection import task_dsn
+from consolidation import api
 from consolidation.api import Outcome
+from consolidation.api.runs import LEASED_DAGS
 from consolidation.core import db
-from consolidation.core.plan import Plan, load_plan
+from consolidation.core.plan import Plan, PlanError, load_plan
 
 
 @dataclass
@@ -68,6 +70,29 @@ class TaskRun:
         return self.context["ti"].xcom_pull(task_ids=task_id)
 
 
+# the task bodies that take and give back the lease themselves
+LEASE_TASKS = {"acquire_lease", "release_lease"}
+
+
+def lease_for(t: TaskRun) -> None:
+    """A task of a DAG that changes the database works only while its run holds the lease:
+    renewed now (LeaseRefused if the run lost it), and the run's advisory lock held until
+    the task ends, so the lease counts as alive while it works, however long."""
+    from consolidation.core.runs.lease import hold
+
+    with db.connect(t.dsn) as conn:
+        out = api.lease_renew(conn, t.plan, run_id=t.info.run_id, phase=LEASED_DAGS[t.info.dag_id])
+    if out.failure is not None:
+        raise out.failure
+    t._stack.enter_context(hold(t.dsn, t.info.run_id))
+
+
+class TaskRefused(SystemExit):
+    """A task that refuses (a plan that cannot be run): it fails, and its log ends with the
+    refusal's one line - Airflow logs a SystemExit as "Task exited" with its code, where any
+    other exception gets a traceback. It is never retried into success: the plan must change."""
+
+
 def task_body(body: Callable[..., Outcome]) -> Callable[..., Any]:
     """The task callable for `body(t, **kwargs)`; kwargs are the ones the DAG passes (e.g.
     legacy_schema=...), everything else Airflow passes is the context."""
@@ -75,8 +100,16 @@ def task_body(body: Callable[..., Outcome]) -> Callable[..., Any]:
 
     def run(**context):
         kwargs = {name: context.pop(name) for name in names if name in context}
-        with ExitStack() as stack:
-            outcome = body(TaskRun(context, stack), **kwargs)
+        try:
+            with ExitStack() as stack:
+                t = TaskRun(context, stack)
+                if body.__name__ not in LEASE_TASKS and t.info.dag_id in LEASED_DAGS:
+                    lease_for(t)
+                outcome = body(t, **kwargs)
+        except PlanError as exc:  # the plan cannot be run: its one line is the task's last word
+            message = "plan rejected: " + " ".join(str(exc).splitlines())
+            print(message)
+            raise TaskRefused(message) from None
         for line in outcome.lines:
             print(line)
         if outcome.failure is not None:

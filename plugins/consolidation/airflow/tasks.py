@@ -7,6 +7,20 @@ from consolidation import api
 from consolidation.airflow.runtime import TaskRun, task_body
 
 
+# ------------------------------------------------------------------ the run lease (first and last task)
+@task_body
+def acquire_lease(t: TaskRun) -> api.Outcome:
+    """The database's lease for this run (refused, naming the holder, while another run has it)."""
+    return api.lease_acquire(t.conn, t.plan, api.LEASED_DAGS[t.info.dag_id], dag=t.info.dag_id, via="ui",
+                             cancel_pending_cleanup=bool(t.params.get("cancel_pending_cleanup")), **t.run)
+
+
+@task_body
+def release_lease(t: TaskRun) -> api.Outcome:
+    """Give the lease back (trigger_rule all_done: also after a failed task; only this run's)."""
+    return api.lease_release(t.conn, t.plan, run_id=t.info.run_id)
+
+
 # ------------------------------------------------------------------ 4A, 4B, 4C and the gates
 @task_body
 def inventory(t: TaskRun) -> api.Outcome:
@@ -72,25 +86,19 @@ def open_request(t: TaskRun) -> api.Outcome:
 
 @task_body
 def backup(t: TaskRun) -> api.Outcome:
-    return api.cleanup_backup(t.conn, t.dsn, t.plan, t.xcom("open_request"), folder=t.params.get("backup_dir"),
-                              **t.run)
+    return api.cleanup_backup(t.conn, t.dsn, t.plan, t.xcom("open_request"), decision=t.xcom("wait_for_approval"),
+                              folder=t.params.get("backup_dir"), **t.run)
 
 
 @task_body
 def drop(t: TaskRun, schema: str) -> api.Outcome:
-    return api.cleanup_drop(t.conn, t.dsn, t.plan, schema, **t.run)
+    return api.cleanup_drop(t.conn, t.dsn, t.plan, schema, t.xcom("open_request"),
+                            decision=t.xcom("wait_for_approval"), **t.run)
 
 
 @task_body
 def report(t: TaskRun) -> api.Outcome:
     return api.report(t.conn, t.plan, folder=t.params.get("report_dir"), **t.run)
-
-
-@task_body
-def record_decision(t: TaskRun) -> api.Outcome:
-    """phase4d_cleanup_approval: the form's decision, recorded as the run's triggering user."""
-    return api.ui_decision(t.conn, t.plan, t.params, user=t.info.triggered_by, conf=t.info.conf,
-                           run_id=t.info.run_id)
 
 
 # ------------------------------------------------------------------ rollback

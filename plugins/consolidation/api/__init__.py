@@ -8,15 +8,20 @@ and a failure found after them (a task raises it, the CLI exits non-zero). Error
 raises on the way (a refused phase, a failed gate, a blocked cleanup) propagate unchanged.
 Nothing here imports Airflow; connections are committed by the operations that write.
 """
-from consolidation.api.cleanup import (APPROVE_HOW, FORM_KEYS, approval_state, cleanup_backup, cleanup_drop,
-                                       cleanup_open_request, cleanup_preflight, decide, decided_line,
+from consolidation.api.cleanup import (APPROVE_HOW, approval_state, cleanup_backup, cleanup_drop,
+                                       cleanup_open_request, cleanup_preflight, decided_line,
                                        expire_request, report, report_data, rollback_assess, rollback_restore,
-                                       rollback_undo, status, ui_decision)
+                                       rollback_undo, status)
+from consolidation.api.approval import (AirflowApiError, airflow_token, approval_assignees, approval_body,
+                                        approval_response, drop_sql_preview, pending_approvals, respond,
+                                        rollback_sql_preview, verify_decision)
 from consolidation.api.nightly import (accept_drop, nightly_prepare, nightly_report, nightly_validate_schema,
                                        render_table, validate)
 from consolidation.api.outcome import Outcome
 from consolidation.api.phases import (extend_finalize, extend_group, extend_prepare, gate, inventory, plan_summary,
                                       require_gate, run_step, sql_preview)
+from consolidation.api.runs import (LEASED_DAGS, interrupted_entries, lease_acquire, lease_holder, lease_release,
+                                    lease_renew, sweep_interrupted)
 from consolidation.api.registry import (register_group, registry_export, registry_prepare, registry_resolve,
                                         registry_show, registry_smoke)
 
@@ -29,8 +34,14 @@ __all__ = [
     "registry_prepare", "register_group", "registry_export", "registry_show", "registry_resolve", "registry_smoke",
     # 4D, decisions, report, rollback
     "cleanup_preflight", "cleanup_open_request", "cleanup_backup", "cleanup_drop", "report", "report_data",
-    "decide", "ui_decision", "decided_line", "approval_state", "expire_request", "status", "APPROVE_HOW",
-    "FORM_KEYS", "rollback_assess", "rollback_restore", "rollback_undo",
+    "decided_line", "approval_state", "expire_request", "status", "APPROVE_HOW",
+    "rollback_assess",
+    # the 4D approval through Airflow's human-in-the-loop, and the previews of what it destroys
+    "approval_assignees", "approval_body", "approval_response", "verify_decision", "drop_sql_preview",
+    "rollback_sql_preview", "airflow_token", "pending_approvals", "respond", "AirflowApiError", "rollback_restore", "rollback_undo",
+    # runs: the lease, interruptions
+    "LEASED_DAGS", "lease_acquire", "lease_renew", "lease_release", "lease_holder", "sweep_interrupted",
+    "interrupted_entries",
     # nightly
     "nightly_prepare", "nightly_validate_schema", "nightly_report", "validate", "accept_drop", "render_table",
 ]

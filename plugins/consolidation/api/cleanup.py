@@ -7,26 +7,32 @@ from pathlib import Path
 from consolidation.api.outcome import Outcome
 from consolidation.checks.reconcile import digest
 from consolidation.core.ledger import operator_name
+from consolidation.core.runs import lease as leases
+from consolidation.core.runs.dropped import dropped_schemas
+from consolidation.core.runs.interrupted import describe, interruptions
 from consolidation.core.plan import Plan
 from consolidation.phases import approvals, cleanup, rollback
 from consolidation.phases.approvals import ApprovalRefused
+from consolidation.phases.hitl.response import verify_copy
 from consolidation.phases.backup import default_folder, latest_backups, pg_env, take_backup, verify_archive
 from consolidation.phases.report import collect, write_report
 
-APPROVE_HOW = ("decide in the Airflow UI: trigger the DAG phase4d_cleanup_approval (decision approve|reject, "
-               "reason), or on a shell: `python -m consolidation approve --by NAME --reason TEXT --request {id}` "
-               "(reject: `python -m consolidation reject ...`); `python -m consolidation status` shows it")
-FORM_KEYS = ("request", "decision", "reason")  # the fields of phase4d_cleanup_approval's form
+APPROVE_HOW = ("an approver responds in the Airflow UI (Browse > Required Actions, task wait_for_approval of this "
+               "run), or on a shell: `consolidation approve --user NAME --reason TEXT --request {id}` (the Airflow "
+               "REST API as that user; reject: `consolidation reject ...`); `consolidation status` shows it")
 
 
 # ------------------------------------------------------------------ 4D
 def cleanup_preflight(conn, dsn: str, plan: Plan, *, resync_late_rows: bool, run_id: str, user: str | None) -> Outcome:
     """Inventory and 4B reconciliation again; late rows block unless re-synced (CleanupBlocked)."""
     out = cleanup.preflight(conn, dsn, plan, resync_late_rows=resync_late_rows, run_id=run_id, user=user)
-    lines = [f"re-synced late rows: {r}" for r in out["resynced"]]
+    lines = [f"already dropped by interrupted run {v['dropped_by']}: {schema} ({v['tables']} tables, {v['rows']:,} "
+             f"rows; backup {v['archive']} verified: sha256 {v['sha256'][:12]}, data entries, checksums)"
+             for schema, v in out.get("resumed", {}).items()]
+    lines += [f"re-synced late rows: {r}" for r in out["resynced"]]
     lines.append(f"inventory clean, no late rows left, reconciliation re-proven ({out['checks']} checks)")
-    return Outcome(value={"late": len(out["late"]), "resynced": [r["step"] for r in out["resynced"]]},
-                   lines=lines, data=out)
+    return Outcome(value={"late": len(out["late"]), "resynced": [r["step"] for r in out["resynced"]],
+                          "resumed": sorted(out.get("resumed", {}))}, lines=lines, data=out)
 
 
 def cleanup_open_request(conn, plan: Plan, *, run_id: str, user: str | None) -> Outcome:
@@ -40,13 +46,16 @@ def cleanup_open_request(conn, plan: Plan, *, run_id: str, user: str | None) -> 
         "HOW TO APPROVE: " + APPROVE_HOW.format(id=req.id)])
 
 
-def cleanup_backup(conn, dsn: str, plan: Plan, request_id, *, folder: str | Path | None = None, run_id: str,
-                   user: str | None) -> Outcome:
+def cleanup_backup(conn, dsn: str, plan: Plan, request_id, *, decision: dict | None, folder: str | Path | None = None,
+                   run_id: str, user: str | None) -> Outcome:
     """pg_dump of every legacy schema into `folder` (default: CONSOLIDATION_BACKUP_DIR/<run id>),
-    only for an approved request whose fingerprint the data still has."""
+    only for an approved request whose audit copy equals the approval Airflow recorded
+    (`decision`: the HITL task's XCom) and whose fingerprint the data still has."""
     folder = Path(folder) if folder else default_folder(run_id)
-    req = approvals.get(conn, plan, int(request_id))
-    conn.commit()
+    try:
+        req = verify_copy(conn, plan, int(request_id), decision)
+    except ApprovalRefused as exc:
+        return Outcome(failure=exc)
     if req is None or req.status != "approved":
         raise RuntimeError(f"approval request {request_id} is {req.status if req else 'missing'}, not approved; "
                            "nothing is backed up or dropped")
@@ -57,11 +66,22 @@ def cleanup_backup(conn, dsn: str, plan: Plan, request_id, *, folder: str | Path
                    lines=lines, data=manifest)
 
 
-def cleanup_drop(conn, dsn: str, plan: Plan, schema: str, *, run_id: str, user: str | None) -> Outcome:
-    """Drop the planned objects of one legacy schema, in one transaction, after its archive is
-    checked again (still there, unchanged, readable)."""
+def cleanup_drop(conn, dsn: str, plan: Plan, schema: str, request_id=None, *, decision: dict | None, run_id: str,
+                 user: str | None) -> Outcome:
+    """Drop the planned objects of one legacy schema, in one transaction, after the approval's
+    audit copy is checked against Airflow's response again and its archive is checked again
+    (still there, unchanged, readable)."""
+    try:
+        verify_copy(conn, plan, int(request_id) if request_id is not None else -1, decision)
+    except ApprovalRefused as exc:
+        return Outcome(failure=exc)
     row = latest_backups(conn, plan, run_id).get(schema)
+    earlier = dropped_schemas(conn, plan).get(schema)
     conn.commit()
+    if row is None and earlier is not None and earlier["run_id"] != run_id:
+        # resumed after an interruption: preflight verified that drop's backup
+        return Outcome(value=[], lines=[f"schema {schema}: already done by run {earlier['run_id']} "
+                                        f"({earlier['message']}); its backup was verified by preflight"])
     if row is not None:
         d = row["details"]
         verify_archive(Path(d["path"]), sha256=d["sha256"], tables=d["tables"], env=pg_env(dsn))
@@ -87,52 +107,6 @@ def decided_line(req) -> str:
     return (f"request {req.id} (4D run {req.run_id}) {req.status} by {req.decided_by} via {req.decided_via} "
             f"(os user {req.os_user or '-'}, db role {req.db_role or '-'}); fingerprint {req.fingerprint}; "
             f"reason: {req.reason}")
-
-
-def decide(conn, plan: Plan, decision: str, *, by: str, reason: str, request_id: int | None = None) -> Outcome:
-    """A decision from the command line (`decision` approve|reject), recorded with --by, the
-    operating-system user and the database role; a refusal is the failure."""
-    try:
-        req = approvals.decide(conn, plan, request_id=request_id, decision=decision, by=by, via="cli",
-                               reason=reason, os_user=operator_name())
-    except ApprovalRefused as exc:
-        return Outcome(failure=exc)
-    lines = [decided_line(req)]
-    if req.status == "approved":
-        lines.append(f"valid until {req.valid_until:%Y-%m-%d %H:%M:%S %Z}, as long as the data keeps this fingerprint")
-    return Outcome(value=req.id, lines=lines, data=req)
-
-
-def ui_decision(conn, plan: Plan, form: dict, *, user: str | None, conf: dict, run_id: str) -> Outcome:
-    """A decision from phase4d_cleanup_approval's form. The approver is `user`, who triggered
-    the run as Airflow authenticated them, never a name in the form or the conf."""
-    lines = []
-    ignored = sorted(k for k in conf if k not in FORM_KEYS)
-    if ignored:
-        # e.g. {"by": "mallory"}: who decides is who triggered, as Airflow authenticated them
-        lines.append(f"ignored conf keys {ignored}: the approver recorded is the user who triggered this run "
-                     f"({user or 'nobody'}), not a name given in the conf")
-    if not user:
-        return Outcome(lines=lines, failure=ApprovalRefused(
-            f"run {run_id} has no triggering user, so nobody can be recorded as the approver; trigger it from "
-            "the Airflow UI/API as an authenticated user, or use `python -m consolidation approve|reject --by "
-            "NAME --reason TEXT`"))
-    request = form.get("request")
-    try:
-        request_id = int(request) if request not in (None, "") else None
-    except (TypeError, ValueError):
-        return Outcome(lines=lines, failure=ApprovalRefused(
-            f"request {request!r} is not a request id; leave it empty for the pending one"))
-    lines.append(f"decision {form.get('decision')!r} on request {request_id or 'pending'} by {user}: "
-                 f"{form.get('reason')!r}")
-    try:
-        req = approvals.decide(conn, plan, request_id=request_id, decision=form.get("decision"), by=user, via="ui",
-                               reason=form.get("reason") or "", os_user=operator_name(), decision_run_id=run_id)
-    except ApprovalRefused as exc:
-        return Outcome(lines=lines, failure=exc)
-    lines.append(decided_line(req))
-    return Outcome(value={"request_id": req.id, "status": req.status, "fingerprint": req.fingerprint,
-                          "decided_by": req.decided_by}, lines=lines, data=req)
 
 
 def approval_state(conn, plan: Plan, request_id: int, *, validity_hours: float) -> str:
@@ -172,7 +146,7 @@ def status(conn, plan: Plan) -> Outcome:
             lines.append(f"pending request {r['id']} (4D run {r['run_id']}, asked by {r['requested_by'] or '-'}, "
                          f"{_age(r['age_seconds'])} ago): fingerprint {r['fingerprint']}")
         lines.append("decide: python -m consolidation approve|reject --by NAME --reason TEXT "
-                     "(or trigger phase4d_cleanup_approval in the Airflow UI)")
+                     "(or Browse > Required Actions in the Airflow UI)")
     else:
         latest = st["latest_request"]
         tail = ""
@@ -182,6 +156,13 @@ def status(conn, plan: Plan) -> Outcome:
                 tail += f" by {latest['decided_by']} via {latest['decided_via']}"
             tail += ")"
         lines.append(f"no pending approval request{tail}")
+    held = leases.current(conn, plan)
+    st["lease"] = held.as_dict() if held else None
+    lines.append(f"lease: {held.holder()}, last heartbeat {held.heartbeat_age:.0f} s ago"
+                 + (", a task of it is running" if held.connected else "") if held else "lease: free (no phase running)")
+    st["interrupted"] = interruptions(conn, plan)
+    for r in st["interrupted"][-10:]:
+        lines.append(f"interrupted: {describe(r)}")
     return Outcome(lines=lines, data=st)
 
 

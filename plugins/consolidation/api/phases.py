@@ -63,6 +63,7 @@ def require_gate(conn, plan: Plan, phase: str) -> Outcome:
 
 # ------------------------------------------------------------------ 4A
 def extend_prepare(conn, plan: Plan, *, run_id: str, user: str | None) -> Outcome:
+    extend.rehearse(conn, plan, run_id=run_id, user=user)  # refused here, nothing is written
     made = extend.ensure_schemas(conn, plan, run_id=run_id, user=user)
     return Outcome(value=made, lines=[f"schemas created: {made or 'none (all existed)'}"])
 

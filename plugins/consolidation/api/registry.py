@@ -39,10 +39,8 @@ def registry_show(conn, plan: Plan) -> Outcome:
     lines = []
     for e in rows:
         filt = ""
-        if e["filter_op"] == "=":
-            filt = f" WHERE {e['filter_column']} = {e['filter_value']!r}"
-        elif e["filter_op"]:
-            filt = f" WHERE {e['filter_column']} IS NOT NULL"
+        if e["filter_op"]:
+            filt = " WHERE " + registry.Filter(e["filter_column"], e["filter_op"], e.get("filter_value")).text()
         lines.append(f"{e['logical_name']:<45} -> {e['physical_schema']}.{e['physical_table']}{filt} "
                      f"[{e['status']}, run {e['set_by_run']}, {e['set_at']}]")
     return Outcome(lines=lines, data=rows)
@@ -55,8 +53,7 @@ def registry_resolve(source, name: str, *, show_sql: bool = False) -> Outcome:
         r = registry.resolve(source, name)
     except NotRegistered as exc:
         return Outcome(failure=exc)
-    where = f" WHERE {r.filter.column} = {r.filter.value!r}" if r.filter and r.filter.op == "=" else (
-        f" WHERE {r.filter.column} IS NOT NULL" if r.filter else "")
+    where = f" WHERE {r.filter.text()}" if r.filter else ""
     lines = [f"{r.logical_name} -> {r.qualified}{where}"]
     for c in r.columns:
         cast = f" (cast from {c.physical_type})" if c.type != c.physical_type else ""

@@ -6,6 +6,7 @@ from psycopg import sql
 
 from consolidation.actions import action_for
 from consolidation.checks.gx import Check
+from consolidation.checks.values import value_diff
 from consolidation.checks.reconcile import count_query, extra_rows, missing_rows, sides
 from consolidation.core.plan import Plan
 from consolidation.core.session import load_specs
@@ -29,6 +30,15 @@ def gate_4b_checks(conn, plan: Plan) -> list[Check]:
             description=f"every row of {step.source} is in {spec.qualified} with the same values "
                         f"(hashed over {action.compared_description})",
             query=_rendered(conn, missing_rows(s))))
+        for name, which, flows, restrict in action.value_checks(plan, step, spec) if action.moves_rows else []:
+            diff = value_diff(plan, step, spec, flows, restrict)
+            if diff is not None:
+                checks.append(Check(
+                    name=name, table=spec.qualified, step=step.name, kind="rows",
+                    description=f"every column of {spec.qualified} that {step.source} fills{which} "
+                                f"({', '.join(f.target for f in flows)}) holds the value the plan's mapping computes "
+                                "from the source row (offending rows: key, column, source value, target value)",
+                    query=_rendered(conn, diff)))
         if action.owns_target_rows(step, spec):
             checks.append(Check(
                 name="no_unexpected_rows", table=spec.qualified, step=step.name, kind="rows",
@@ -47,16 +57,20 @@ def gate_4b_checks(conn, plan: Plan) -> list[Check]:
     for spec in specs.values():
         if spec.kind != "table":
             continue
+        # A table that existed before the plan holds rows of its own, whose key (for the plan: the
+        # renamed legacy key, e.g. legacy_id) may be NULL; this step's rows are proven by rows_present.
+        key_not_null = not spec.exists_before_plan
         if len(spec.key) == 1:
             checks.append(Check(name="key_unique", table=spec.qualified, kind="unique", column=spec.key[0],
                                 description=f"{spec.qualified}.{spec.key[0]} is unique"))
-            checks.append(Check(name="key_not_null", table=spec.qualified, kind="not_null", column=spec.key[0],
-                                description=f"{spec.qualified}.{spec.key[0]} is never null"))
+            if key_not_null:
+                checks.append(Check(name="key_not_null", table=spec.qualified, kind="not_null", column=spec.key[0],
+                                    description=f"{spec.qualified}.{spec.key[0]} is never null"))
         elif spec.key:
             checks.append(Check(name="key_unique", table=spec.qualified, kind="compound_unique",
                                 column=",".join(spec.key),
                                 description=f"({', '.join(spec.key)}) is unique in {spec.qualified}"))
-            for k in spec.key:
+            for k in spec.key if key_not_null else []:
                 checks.append(Check(name="key_not_null", table=spec.qualified, kind="not_null", column=k,
                                     description=f"{spec.qualified}.{k} is never null"))
         for fk in spec.foreign_keys:

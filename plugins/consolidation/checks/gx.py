@@ -291,10 +291,18 @@ def _run_checkpoint(dsn, gate, run_name, checks, by_table, existing, outcome, ou
                 while label in labels:
                     label = f"{base}_{len(labels)}"
                 labels.add(label)
-                if table in existing:
+                if table in existing and (existing[table][0] is None
+                                          or _quote_ident(existing[table][0]) == existing[table][0]):
                     schema, name = existing[table]
                     asset = {"type": "table", "name": label, "table_name": _quote_ident(name),
                              "schema_name": schema}
+                elif table in existing:
+                    # GX lowercases an unquoted schema_name and quotes a quoted one twice: a schema
+                    # that needs quotes (`"Mixed Case"`) is read through a query naming it as psycopg does
+                    schema, name = existing[table]
+                    relation = f"{_quote_ident(schema)}.{_quote_ident(name)}"
+                    asset = {"type": "query", "name": label,
+                             "query": _BIND_LIKE.sub(lambda m: "\\:" + m.group(1), f"SELECT * FROM {relation}")}
                 else:
                     asset = {"type": "query", "name": label, "query": "SELECT 1"}
                 asset["batch_definitions"] = [{"name": "whole_table"}]

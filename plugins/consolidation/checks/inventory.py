@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from consolidation.actions import action_for
 from consolidation.core import db
 from consolidation.core.catalog import Catalog, introspect
-from consolidation.core.plan import Plan, check_against_catalog, load_plan
+from consolidation.core.plan import Plan, PlanError, check_against_catalog, load_plan
+from consolidation.core.spec import flows_for
 
 BLOCKING, WARNING, INFO = "blocking", "warning", "info"
 
@@ -85,7 +86,28 @@ def take_inventory(conn=None, plan: Plan | None = None, *, dsn: str | None = Non
             return take_inventory(own, plan)
     schemas = list(plan.legacy_schemas) + list(plan.consolidated_schemas)
     cat = introspect(conn, schemas)
-    return compare(plan, cat)
+    inv = compare(plan, cat)
+    for problem in mapping_problems(conn, plan, cat):
+        obj, _, message = problem.partition(": ")
+        inv.findings.insert(0, Finding(BLOCKING, "column_mapping", obj, message,
+                                       "fix the step's `columns` entry (its expression, map, value or cast)"))
+    return inv
+
+
+def mapping_problems(conn, plan: Plan, cat: Catalog) -> list[str]:
+    """Every step's computed columns (expressions, maps, constants, casts) checked by the database,
+    typed against their targets: one message per refused step, naming the step, the column and
+    what the database said (the same check 4A runs when it derives the targets)."""
+    problems = []
+    for step in plan.migrating_steps():
+        if not step.columns or cat.relation(step.source_schema, step.source_table) is None \
+                or not action_for(step).moves_rows:
+            continue
+        try:
+            flows_for(conn, cat, step, cat.relation(step.target_schema, step.target_table))
+        except PlanError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def compare(plan: Plan, cat: Catalog) -> Inventory:

@@ -17,6 +17,7 @@ from consolidation.actions import action_for
 from consolidation.actions.base import column_list
 from consolidation.core.ledger import tool_ident
 from consolidation.core.plan import Plan, Step
+from consolidation.checks.quarantine import checksum as quarantine_checksum
 from consolidation.checks.segments import checksum_query, diff, segmented_except
 from consolidation.core.catalog import table_checksum_query
 from consolidation.core.spec import TargetSpec, source_ident
@@ -60,11 +61,14 @@ def checksums(conn, plan: Plan, step: Step, spec: TargetSpec) -> dict:
     """Each side's checksum in one order-free scan; when they differ, the rows missing from
     the target are counted inside the differing segments only (checks.segments)."""
     s = sides(plan, step, spec)
+    quarantined = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE step = {}").format(
+        tool_ident(plan, "quarantine"), sql.Literal(step.name))).fetchone()[0]
     src_sum, src_n = conn.execute(checksum_query(s.source)).fetchone()
     tgt_sum, tgt_n = conn.execute(checksum_query(s.target)).fetchone()
-    read, quarantined = conn.execute(sql.SQL(
-        "SELECT (SELECT count(*) FROM {source}), (SELECT count(*) FROM {quarantine} WHERE step = {name})").format(
-        source=source_ident(step), quarantine=tool_ident(plan, "quarantine"), name=sql.Literal(step.name))).fetchone()
+    # A source side holds one row per unquarantined source row (Action.projection), so with
+    # nothing quarantined its count is the read count: no second scan of the source.
+    read = src_n if quarantined == 0 else conn.execute(
+        sql.SQL("SELECT count(*) FROM {}").format(source_ident(step))).fetchone()[0]
     present = src_n
     if (src_sum, src_n) != (tgt_sum, tgt_n):
         present -= conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS m").format(missing_rows(s))).fetchone()[0]
@@ -94,6 +98,11 @@ def digest(conn, plan: Plan, specs: dict[str, TargetSpec] | None = None) -> dict
     import hashlib
     import json
 
+    from consolidation.core.runs.dropped import dropped_schemas, remaining
+
+    # a re-run of an interrupted 4D: the schemas an earlier run dropped (backed up and
+    # verified then) have no sources left; the fingerprint covers the rest
+    plan = remaining(plan, dropped_schemas(conn, plan))
     if specs is None:
         from consolidation.core.session import load_specs
 
@@ -105,6 +114,8 @@ def digest(conn, plan: Plan, specs: dict[str, TargetSpec] | None = None) -> dict
             per_step[step.name] = {"source_checksum": row[0], "read": row[1]}
         else:
             per_step[step.name] = checksums(conn, plan, step, specs[step.target])
+            # the approval covers the quarantine too: which rows, not only how many
+            per_step[step.name]["quarantine_checksum"] = quarantine_checksum(conn, plan, step.name)
     blob = json.dumps({"plan": plan.sha256, "steps": per_step}, sort_keys=True, default=str)
     return {"digest": hashlib.sha256(blob.encode()).hexdigest(), "plan_sha256": plan.sha256, "steps": per_step}
 

@@ -28,6 +28,11 @@ def inventory(args) -> int:
 
 
 def plan(args) -> int:
+    if args.schema:
+        from consolidation.core.plan import json_schema_text
+
+        print(json_schema_text(), end="")
+        return 0
     try:
         loaded = load_plan(args.file)
     except PlanError as exc:
@@ -41,7 +46,12 @@ def sql(args) -> int:
     plan = load_plan()
     with db.connect() as conn:
         conn.read_only = True
-        out = api.sql_preview(conn, plan, args.phase.upper())
+        if args.phase == "4d":
+            out = api.drop_sql_preview(conn, plan)
+        elif args.phase == "rollback":
+            out = api.rollback_sql_preview(conn, plan)
+        else:
+            out = api.sql_preview(conn, plan, args.phase.upper())
     for statement in out.lines:
         print(f"{statement}\n")
     return 0

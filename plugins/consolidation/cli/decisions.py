@@ -1,20 +1,41 @@
-"""`approve`, `reject`, `status`: a person's decision on the cleanup request from a shell,
-recorded with --by, the operating-system user and the database role, and the status they
-decide from. (The other channel is the Airflow UI: the DAG phase4d_cleanup_approval.)"""
+"""`approve`, `reject`, `status`: a person's decision on the cleanup approval from a shell, given
+through Airflow's REST API as that person (the same check and record as Required Actions in
+the UI: Airflow authenticates them and refuses anyone not assigned), and the status they
+decide from."""
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import sys
 
 from consolidation import api
 from consolidation.core import db
 from consolidation.core.plan import load_plan
 
+DEFAULT_URL = "http://localhost:8080"
+
 
 def _decide(args, decision: str) -> int:
-    plan = load_plan()
-    with db.connect() as conn:
-        out = api.decide(conn, plan, decision, by=args.by, reason=args.reason, request_id=args.request)
+    url = args.airflow_url or os.environ.get("CONSOLIDATION_AIRFLOW_URL") or DEFAULT_URL
+    token = os.environ.get("CONSOLIDATION_AIRFLOW_TOKEN")
+    try:
+        if not token:
+            if not args.user:
+                print(f"{decision} refused: give --user NAME (your Airflow login) or set CONSOLIDATION_AIRFLOW_TOKEN",
+                      file=sys.stderr)
+                return 1
+            password = os.environ.get("CONSOLIDATION_AIRFLOW_PASSWORD")
+            if password is None:
+                if not sys.stdin.isatty():
+                    print(f"{decision} refused: no password: set CONSOLIDATION_AIRFLOW_PASSWORD or run it in a "
+                          "terminal to be asked", file=sys.stderr)
+                    return 1
+                password = getpass.getpass(f"Airflow password for {args.user}: ")
+            token = api.airflow_token(url, args.user, password)
+        out = api.respond(url, token, decision, args.reason, request_id=args.request)
+    except api.AirflowApiError as exc:
+        out = api.Outcome(failure=exc)
     if not out.ok:
         print(f"{decision} refused: {' '.join(str(out.failure).split())}", file=sys.stderr)
         return 1
@@ -34,6 +55,8 @@ def reject(args) -> int:
 def status(args) -> int:
     plan = load_plan()
     with db.connect() as conn:
+        # the one write: running entries whose process is gone become `interrupted`
+        api.sweep_interrupted(conn, plan, by="status")
         conn.read_only = True
         out = api.status(conn, plan)
     if args.json:

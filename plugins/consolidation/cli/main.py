@@ -16,7 +16,8 @@ import importlib
 import sys
 from typing import Sequence
 
-from consolidation.core.errors import DatabaseUnreachable
+from consolidation.core import config
+from consolidation.core.errors import DatabaseUnreachable, PlanError
 
 PROG = "python -m consolidation"
 EXIT_UNREACHABLE = 2
@@ -25,6 +26,7 @@ FIXTURE_DESCRIPTION = "A deterministic database as Phases 1-3 left it: the fixtu
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    args = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -39,6 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatabaseUnreachable as exc:
         print(" ".join(str(exc).split()), file=sys.stderr)  # exactly one line
         return EXIT_UNREACHABLE
+    except PlanError as exc:  # a plan that cannot be run: one line naming the file, the entry and the fix
+        text = " ".join(str(exc).splitlines())
+        plan_file = str(getattr(args, "file", None) or config.plan_path())
+        if plan_file not in text and not text.startswith("smoke query"):  # found against the database
+            text = f"{plan_file}: {text}"
+        print("plan rejected: " + text, file=sys.stderr)
+        return 1
 
 
 def handler(target: str):
@@ -96,10 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("plan", "validate the plan file and summarise it", "commands:plan")
     p.add_argument("--file", help="plan file (default: CONSOLIDATION_PLAN or include/plans/phase4.yaml)")
+    p.add_argument("--schema", action="store_true",
+                   help="print the plan's JSON Schema (include/plans/plan.schema.json) instead")
 
     p = command("sql", "print the SQL a phase would run, without running it", "commands:sql",
                 description="Like Liquibase's update-sql: reads the live catalog, writes nothing.")
-    p.add_argument("--phase", required=True, type=str.lower, choices=["4a", "4b"])
+    p.add_argument("--phase", required=True, type=str.lower, choices=["4a", "4b", "4d", "rollback"])
 
     # ---------------------------------------------------------------- 4C: the table registry
     sub = actions(command("registry", "the table registry services read: show | export | resolve NAME | smoke",
@@ -114,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="read a registry.json instead of the database")
     p.add_argument("--sql", action="store_true", help="print the SELECT presenting the legacy columns")
     p = action(sub, "smoke", "registry:smoke", help="run the service smoke queries both ways; exit 1 when any differ")
-    p.add_argument("--dir", help="folder of smoke queries (default: include/sql/smoke)")
+    p.add_argument("--dir", help="folder of smoke queries (default: the plan's smoke_dir)")
 
     # ---------------------------------------------------------------- nightly validation
     p = command("validate", "run the nightly validation now; --accept-drop TABLE --reason TEXT", "nightly:validate",
@@ -131,13 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     # ---------------------------------------------------------------- 4D: decisions, status, report
     for name, verb in (("approve", "approve"), ("reject", "reject")):
-        p = command(name, f"{verb} the pending cleanup request: --by NAME --reason TEXT [--request ID]",
+        p = command(name, f"{verb} the waiting cleanup approval in Airflow: --user NAME --reason TEXT [--request ID]",
                     f"decisions:{name}",
-                    description=f"{verb.capitalize()} a Phase 4D cleanup request. Recorded with --by, the "
-                                "operating-system user and the database role; exits 1 with the reason when refused.")
-        p.add_argument("--by", required=True, help="who decides (recorded beside the OS user and database role)")
+                    description=f"{verb.capitalize()} the Phase 4D approval waiting in Airflow (Required Actions), "
+                                "through its REST API as --user: Airflow checks that you are an assigned approver "
+                                "and records you as the respondent. Password from $CONSOLIDATION_AIRFLOW_PASSWORD "
+                                "or a prompt; or a token from $CONSOLIDATION_AIRFLOW_TOKEN. Exits 1 with the "
+                                "reason when refused.")
+        p.add_argument("--user", help="your Airflow user name (not needed with $CONSOLIDATION_AIRFLOW_TOKEN)")
+        p.add_argument("--airflow-url", default=None,
+                       help="the Airflow api-server (default: $CONSOLIDATION_AIRFLOW_URL or http://localhost:8080)")
         p.add_argument("--reason", required=True, help="why (at least 5 characters): what was reviewed")
-        p.add_argument("--request", type=int, default=None, help="request id (default: the single pending request)")
+        p.add_argument("--request", type=int, default=None, help="request id (default: the one waiting)")
 
     p = command("status", "phases, their latest gates, and any pending cleanup approval", "decisions:status")
     p.add_argument("--json", action="store_true", help="print a JSON object")

@@ -17,8 +17,9 @@ from psycopg import sql
 from consolidation.core.catalog import relation_exists
 from consolidation.core.plan import Plan
 
-# Statuses a ledger row moves through.
-RUNNING, SUCCESS, FAILED, REFUSED = "running", "success", "failed", "refused"
+# Statuses a ledger row moves through; a running row whose process is gone becomes
+# interrupted (core.runs.interrupted: open_entry records the backend that will finish it).
+RUNNING, SUCCESS, FAILED, REFUSED, INTERRUPTED = "running", "success", "failed", "refused", "interrupted"
 
 
 def _ident(plan: Plan, name: str) -> sql.Identifier:
@@ -177,7 +178,10 @@ def open_entry(conn, plan: Plan, *, run_id: str, phase: str, kind: str, name: st
                triggered_by: str | None = None, details: dict | None = None) -> Entry:
     row = conn.execute(sql.SQL("""
         INSERT INTO {} (run_id, phase, kind, name, source, target, plan_sha256, status, triggered_by, details)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) RETURNING id""").format(_ident(plan, "ledger")),
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb || jsonb_build_object('backend', jsonb_build_object(
+                'pid', pg_backend_pid(),
+                'start', (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()))))
+        RETURNING id""").format(_ident(plan, "ledger")),
         (run_id, phase, kind, name, source, target, plan.sha256, RUNNING, triggered_by or operator_name(),
          json.dumps(details or {}, default=str))).fetchone()
     return Entry(plan, row[0])

@@ -12,19 +12,20 @@ from typing import Any, Iterable
 
 
 from consolidation.core import config, strict_yaml
+from consolidation.core.columns.mapping import ColumnMap, parse_columns, yaml_trap
+from consolidation.core.errors import PlanError
+from consolidation.core.planfile import schema as plan_schema
 
 OBJECT_KINDS = ("table", "view")
 VIEW_MODES = ("snapshot", "recreate")
 
-_TOP_KEYS = {"plan", "description", "consolidated_schemas", "legacy_schemas", "tool", "defaults", "steps"}
+_TOP_KEYS = {"plan", "description", "consolidated_schemas", "legacy_schemas", "tool", "defaults", "steps", "smoke_dir", "approvers"}
 _LEGACY_KEYS = {"stated_tables", "stated_rows", "drop_schema"}
 # Keys of every step; each action names the others it accepts (plan_keys).
 _COMMON_STEP_KEYS = {"source", "action", "rows", "object", "view_mode", "quarantine_threshold"}
-_MAPPING_KEYS = {"from", "cast", "default"}
 
 
-class PlanError(ValueError):
-    """A plan that cannot be run; the message names the entry and the fix."""
+# PlanError lives in core.errors so core.columns can raise it without importing the plan.
 
 
 # -- the registry of step actions ---------------------------------------------
@@ -66,14 +67,28 @@ def _step_keys() -> set[str]:
     return _COMMON_STEP_KEYS.union(*(a.plan_keys for a in _ACTIONS.values()))
 
 
-@dataclass(frozen=True)
-class ColumnMap:
-    """How one target column is filled: from a source column, optionally cast or defaulted."""
+def schema_actions() -> dict[str, tuple[list[str], list[str]]]:
+    """Each plan action's step keys for the plan's JSON Schema (core.planfile.schema): its own
+    plus those of the variant a view with view_mode: recreate resolves to; and its required keys."""
+    out = {}
+    for a in _ACTIONS.values():
+        if not a.in_plan:
+            continue
+        probe = Step(index=0, source_schema="s", source_table="t", action=a.name, object="view", view_mode="recreate")
+        try:
+            variant = a.resolve(probe)
+        except PlanError:  # such a step is refused for this action: no variant
+            variant = a
+        out[a.name] = (sorted(set(a.plan_keys) | set(variant.plan_keys)), list(a.required_keys))
+    return out
 
-    target: str
-    source: str | None
-    cast: str | None = None
-    default: Any = None
+
+def json_schema_text() -> str:
+    """include/plans/plan.schema.json as the registered actions make it."""
+    return plan_schema.schema_text(schema_actions())
+
+
+# ColumnMap (how one target column is filled) lives in core.columns.mapping.
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,7 @@ class Step:
     provenance_table: str | None = None
     provenance_key: str | None = None
     quarantine_threshold: int = 0
+    batch_rows: int | None = None  # copy/union: above this many source rows, 4B moves key-range batches
     freshness: Freshness | None = None
     ignore: dict[str, str] = field(default_factory=dict)  # source column -> reason
 
@@ -141,7 +157,8 @@ class Step:
         return self.object == "view" and self.view_mode == "recreate"
 
     def mapped_source_columns(self) -> set[str]:
-        return {m.source for m in self.columns.values() if m.source}
+        """Source columns some mapping reads (a `from`, or an s.<col> of an `expr`)."""
+        return set().union(*(m.referenced_columns() for m in self.columns.values()))
 
 
 @dataclass
@@ -163,6 +180,16 @@ class Plan:
     steps: list[Step]
     path: Path | None = None
     sha256: str = ""
+    smoke_dir: str | None = None  # the 4C service smoke queries' folder, relative to the plan file
+    approvers: list[str] = field(default_factory=list)  # Airflow users who may approve 4D (four eyes)
+
+    def smoke_folder(self) -> Path | None:
+        """The plan's smoke-query folder (absolute), or None when the plan names none."""
+        if not self.smoke_dir:
+            return None
+        # a plan parsed from memory (no file) resolves it where the bundled plans live
+        base = self.path.parent if self.path is not None else config.DEFAULT_PLAN.parent
+        return (base / self.smoke_dir).resolve()
 
     # -- lookups ---------------------------------------------------------
     def steps_for_schema(self, schema: str) -> list[Step]:
@@ -204,13 +231,22 @@ def load_plan(path: str | Path | None = None) -> Plan:
         raw = strict_yaml.load(raw_bytes)
     except strict_yaml.YamlRefused as exc:
         raise PlanError(f"plan file {path} is not valid YAML for a plan: {exc}") from None
-    plan = parse_plan(raw, where=str(path))
+    try:
+        plan = parse_plan(raw, where=str(path))
+    except PlanError as exc:  # every refusal names the file
+        text = str(exc)
+        raise PlanError(text if text.startswith(str(path)) else f"{path}: {text}") from None
     plan.path = path
     plan.sha256 = hashlib.sha256(raw_bytes).hexdigest()
     return plan
 
 
 def parse_plan(raw: Any, where: str = "plan") -> Plan:
+    _yaml_traps(raw, where)  # before the structure: its "unknown key 4)" would hide the cause
+    # The structure first (types, enums, required keys), in one line naming the entry and the fix.
+    problem = plan_schema.problem(raw, schema_actions())
+    if problem:
+        raise PlanError(f"{where}: {problem}")
     if not isinstance(raw, dict):
         raise PlanError(f"{where}: the plan must be a mapping with keys {sorted(_TOP_KEYS)}")
     _no_unknown(raw, _TOP_KEYS, where)
@@ -254,7 +290,7 @@ def parse_plan(raw: Any, where: str = "plan") -> Plan:
         )
 
     defaults = raw.get("defaults") or {}
-    _no_unknown(defaults, {"quarantine_threshold", "view_mode"}, f"{where}: defaults")
+    _no_unknown(defaults, {"quarantine_threshold", "view_mode", "batch_rows"}, f"{where}: defaults")
     default_threshold = _opt_int(defaults.get("quarantine_threshold", 0), "defaults.quarantine_threshold")
     default_view_mode = defaults.get("view_mode", "snapshot")
     if default_view_mode not in VIEW_MODES:
@@ -263,7 +299,8 @@ def parse_plan(raw: Any, where: str = "plan") -> Plan:
     if not isinstance(raw["steps"], list) or not raw["steps"]:
         raise PlanError(f"{where}: `steps` must be a non-empty list")
     steps = [
-        _parse_step(i, entry, consolidated, legacy, default_threshold, default_view_mode)
+        _parse_step(i, entry, consolidated, legacy, default_threshold, default_view_mode,
+                    _batch_rows(defaults.get("batch_rows"), "defaults.batch_rows"))
         for i, entry in enumerate(raw["steps"], start=1)
     ]
 
@@ -275,12 +312,22 @@ def parse_plan(raw: Any, where: str = "plan") -> Plan:
         tool_schema=tool_schema,
         tool_prefix=tool_prefix,
         steps=steps,
+        smoke_dir=str(raw["smoke_dir"]) if raw.get("smoke_dir") else None,
+        approvers=list(dict.fromkeys(str(a) for a in raw.get("approvers") or [])),
     )
     _check_plan(plan)
     return plan
 
 
-def _parse_step(i, entry, consolidated, legacy, default_threshold, default_view_mode) -> Step:
+def _batch_rows(value, what: str) -> int | None:
+    n = _opt_int(value, what)
+    if n == 0:
+        raise PlanError(f"{what}: 0 must be a row count >= 1; leave the key out to move the step in one transaction")
+    return n
+
+
+def _parse_step(i, entry, consolidated, legacy, default_threshold, default_view_mode,
+                default_batch_rows=None) -> Step:
     if not isinstance(entry, dict):
         raise PlanError(f"step {i}: must be a mapping with at least `source` and `action`")
     src = entry.get("source")
@@ -301,6 +348,8 @@ def _parse_step(i, entry, consolidated, legacy, default_threshold, default_view_
     step = Step(index=i, source_schema=s_schema, source_table=s_table, action=action)
     step.stated_rows = _opt_int(entry.get("rows"), f"{label}: rows")
     step.quarantine_threshold = _opt_int(entry.get("quarantine_threshold", default_threshold), f"{label}: quarantine_threshold")
+    if "batch_rows" in entry or (default_batch_rows and "batch_rows" in _ACTIONS[action].plan_keys):
+        step.batch_rows = _batch_rows(entry.get("batch_rows", default_batch_rows), f"{label}: batch_rows")
 
     obj = entry.get("object", "table")
     if obj not in OBJECT_KINDS:
@@ -348,21 +397,22 @@ def _parse_step(i, entry, consolidated, legacy, default_threshold, default_view_
     return step
 
 
+def _yaml_traps(raw: Any, where: str) -> None:
+    """An unquoted `numeric(8,4)` inside {...}: say to quote it (core.columns.mapping.yaml_trap)."""
+    steps = raw.get("steps") if isinstance(raw, dict) else None
+    for i, entry in enumerate(steps if isinstance(steps, list) else [], start=1):
+        if not isinstance(entry, dict):
+            continue
+        label = f"{where}: step {i} ({entry.get('source')})"
+        for key, what in (("columns", "column"), ("add_columns", "add_columns.")):
+            specs = entry.get(key)
+            for name, spec in (specs.items() if isinstance(specs, dict) else []):
+                if isinstance(spec, dict):
+                    yaml_trap(spec, f"{label}: {what} {name}" if what == "column" else f"{label}: {what}{name}")
+
+
 def _parse_columns(raw: Any, label: str) -> dict[str, ColumnMap]:
-    if not isinstance(raw, dict):
-        raise PlanError(f"{label}: `columns` maps target columns to a source column or {{from, cast, default}}")
-    out = {}
-    for target, spec in raw.items():
-        if isinstance(spec, str):
-            out[target] = ColumnMap(target, spec)
-        elif isinstance(spec, dict):
-            _no_unknown(spec, _MAPPING_KEYS, f"{label}: column {target}")
-            if "from" not in spec and "default" not in spec:
-                raise PlanError(f"{label}: column {target} needs `from` (a source column) or `default`")
-            out[target] = ColumnMap(target, spec.get("from"), spec.get("cast"), spec.get("default"))
-        else:
-            raise PlanError(f"{label}: column {target}: give a source column name or {{from, cast, default}}")
-    return out
+    return parse_columns(raw, label)
 
 
 def _parse_added(raw: Any, label: str) -> dict[str, AddedColumn]:
@@ -372,6 +422,7 @@ def _parse_added(raw: Any, label: str) -> dict[str, AddedColumn]:
     for name, spec in raw.items():
         if not isinstance(spec, dict) or not spec.get("type"):
             raise PlanError(f"{label}: add_columns.{name} needs a `type`")
+        yaml_trap(spec, f"{label}: add_columns.{name}")
         _no_unknown(spec, {"type", "unique"}, f"{label}: add_columns.{name}")
         out[name] = AddedColumn(name, str(spec["type"]), bool(spec.get("unique", False)))
     return out

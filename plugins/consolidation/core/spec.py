@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from psycopg import sql
 
 from consolidation.core.catalog import Catalog, QualifiedName, table_details
+from consolidation.core.columns.check import expression_type, lexical_problem, normalise_type
+from consolidation.core.columns.mapping import ColumnMap
+from consolidation.core.columns.render import value_sql
 from consolidation.core.plan import Plan, PlanError, Step, action_of
 
 
@@ -29,9 +32,17 @@ class Flow:
     cast: str | None = None
     default: object = None
     provenance: str | None = None  # 'table' | 'key' for union bookkeeping columns
+    mapping: ColumnMap | None = None  # the plan's entry (casts normalised); None: an unmapped column
+
+    @property
+    def computed(self) -> bool:
+        """Filled by an expression, a map, a constant or a default only (no source column as it is)."""
+        return self.mapping is not None and self.source is None
 
     def expr(self, step: Step, alias: str = "s", source_pk: list[str] | None = None) -> sql.Composable:
         """SQL expression computing this column from a source row aliased `alias`."""
+        if self.mapping is not None:
+            return value_sql(self.mapping, self.type, alias)
         if self.provenance == "table":
             return sql.SQL("CAST({} AS text)").format(sql.Literal(step.source))
         if self.provenance == "key":
@@ -100,6 +111,7 @@ class TargetSpec(QualifiedName):
     source_pks: dict[str, list[str]] = field(default_factory=dict)  # by step name
     key: list[str] = field(default_factory=list)  # target columns identifying a source row
     created_by_plan: bool = False  # 4A created it (the ledger says so)
+    added_types: dict[str, str] = field(default_factory=dict)  # add_columns' types as the server spells them
 
     @property
     def exists_before_plan(self) -> bool:
@@ -120,12 +132,9 @@ def _short(name: str) -> str:
 
 
 def resolve_type(conn, type_text: str, label: str) -> str:
-    """Canonical type name for a plan-given type, or a PlanError naming the step."""
-    row = conn.execute("SELECT format_type(to_regtype(%s), NULL)", (type_text,)).fetchone()
-    if row is None or row[0] is None:
-        raise PlanError(f"{label}: type {type_text!r} is not a PostgreSQL type here; fix the cast/type")
-    # keep the modifiers the user wrote (numeric(10,2)) when the base resolves
-    return type_text if "(" in type_text else row[0]
+    """A plan-given type as the server spells it (format_type, modifiers kept: `varchar(20)` is
+    `character varying(20)`), or a PlanError naming the step."""
+    return normalise_type(conn, type_text, label)
 
 
 # ---------------------------------------------------------------------------
@@ -143,6 +152,8 @@ def derive_specs(conn, plan: Plan, catalog: Catalog, created: set[str] | frozens
             spec.exists = catalog.relation(step.target_schema, step.target_table) is not None
             spec.created_by_plan = step.target in created
         spec.steps.append(step)
+        for name, added in step.add_columns.items():
+            spec.added_types[name] = resolve_type(conn, added.type, f"{step.label}: add_columns.{name}")
     for spec in specs.values():
         _fill(conn, plan, catalog, spec)
     _repoint_foreign_keys(conn, plan, catalog, specs)
@@ -158,8 +169,43 @@ def source_relation(catalog: Catalog, step: Step):
 
 
 def flows_for(conn, catalog: Catalog, step: Step, existing=None) -> list[Flow]:
-    """Target columns of a step and how each is computed from the source row (its action says)."""
-    return action_of(step).flows(conn, catalog, step, existing)
+    """Target columns of a step and how each is computed from the source row (its action says),
+    proven complete (every mapping of the plan fills its column, no column is filled twice) and
+    checked by the database (every computed column, typed against its target)."""
+    flows = action_of(step).flows(conn, catalog, step, existing)
+    check_flows(conn, step, flows)
+    return flows
+
+
+def check_flows(conn, step: Step, flows: list[Flow]) -> None:
+    """No mapping dropped, none doubled, every computed one a scalar expression of its type."""
+    filled: dict[str, int] = {}
+    for f in flows:
+        filled[f.target] = filled.get(f.target, 0) + 1
+    twice = sorted(t for t, n in filled.items() if n > 1)
+    if twice:
+        raise PlanError(f"{step.label}: target column(s) {', '.join(twice)} would be filled twice (a mapping, and a "
+                        "source column of the same name kept as it is); list that source column under `ignore` "
+                        "or map it to another column")
+    dropped = [t for t in list(step.columns) + list(step.key) if t not in filled]
+    if dropped:
+        raise PlanError(f"{step.label}: the plan maps {', '.join(dropped)}, but the step would not fill "
+                        f"{'it' if len(dropped) == 1 else 'them'}; this is a defect of the tool: report it")
+    computed = [f for f in flows if f.mapping is not None and f.mapping.kind != "column"]
+    for f in computed:  # the plan's own SQL text, before the server sees any of it
+        problem = lexical_problem(f.mapping.expr) if f.mapping.expr is not None else None
+        if problem:
+            raise PlanError(f"{step.label}: columns.{f.target}: {problem}")
+    if not computed:
+        return
+    src = source_ident(step)
+    try:  # one round trip for the whole step; column by column only to name the refused one
+        expression_type(conn, sql.SQL("ROW({})").format(sql.SQL(", ").join(f.expr(step) for f in computed)),
+                        src, step.label)
+    except PlanError:
+        for f in computed:
+            expression_type(conn, f.expr(step), src, f"{step.label}: columns.{f.target} ({f.mapping.describe()})")
+        raise
 
 
 def _fill(conn, plan: Plan, catalog: Catalog, spec: TargetSpec) -> None:
@@ -225,11 +271,25 @@ def _repoint_foreign_keys(conn, plan: Plan, catalog: Catalog, specs: dict[str, T
                 spec.notes.append(f"foreign key {con.name} not carried over: referenced columns are not migrated")
                 continue
             problem = ref_action.fk_problem(ref_step, ref_spec, ref_cols)
+            if problem and ref_spec.exists and unique_in_catalog(conn, ref_spec.schema, ref_spec.table, ref_cols):
+                problem = None  # the live table says so: a unique constraint, or a unique index, on those columns
             if problem:
                 spec.notes.append(f"foreign key {con.name} not carried over: {problem}")
                 continue
             spec.foreign_keys.append(ForeignKey([rename[c] for c in con.columns], ref_spec.schema, ref_spec.table,
                                                 ref_cols, con.name))
+
+
+def unique_in_catalog(conn, schema: str, table: str, columns: list[str]) -> bool:
+    """Whether the live table has a unique index (a primary key or unique constraint has one) on
+    exactly these columns, not partial and without expressions: what a foreign key may reference."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_index AS i WHERE i.indrelid = to_regclass(%s) AND i.indisunique "
+        "AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = cardinality(%s::text[]) "
+        "AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute AS a "
+        "     WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey[0:i.indnkeyatts - 1])) "
+        "    = (SELECT array_agg(c ORDER BY c) FROM unnest(%s::text[]) AS c))",
+        (sql.Identifier(schema, table).as_string(conn), columns, columns)).fetchone()[0]
 
 
 # ---------------------------------------------------------------------------
@@ -261,8 +321,9 @@ def compare_existing(spec: TargetSpec, catalog: Catalog) -> list[str]:
                             f"(from {step.source}.{f.source}); add `cast: {col.type}` or fix the target")
         for name, a in added.items():
             col = rel.columns.get(name)
-            if col is not None and col.type != a.type and col.type != _canon(a.type):
-                diff.append(f"  {name}: {spec.qualified} already has it as {col.type}, the plan adds it as {a.type}")
+            wanted = spec.added_types.get(name, a.type)
+            if col is not None and col.type != wanted:
+                diff.append(f"  {name}: {spec.qualified} already has it as {col.type}, the plan adds it as {wanted}")
     # A merge only inserts source rows that match no target row; such a row missing a
     # required column is quarantined with its reason, so only copies must fill them all.
     if not any(action_of(step).requires_every_column for step in spec.steps):
@@ -271,11 +332,3 @@ def compare_existing(spec: TargetSpec, catalog: Catalog) -> list[str]:
         if col.name not in filled and col.not_null and col.default is None and not col.identity:
             diff.append(f"  {col.name}: NOT NULL without default in {spec.qualified}, and no step fills it")
     return diff
-
-
-_CANON = {"integer": "integer", "int": "integer", "int4": "integer", "bigint": "bigint", "int8": "bigint",
-          "text": "text", "boolean": "boolean", "bool": "boolean"}
-
-
-def _canon(type_text: str) -> str:
-    return _CANON.get(type_text.lower(), type_text)

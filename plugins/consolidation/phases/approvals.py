@@ -25,7 +25,7 @@ from consolidation.core.plan import Plan
 
 PHASE = "4D"
 STATUSES = ("pending", "approved", "rejected", "refused", "superseded", "expired")
-VIAS = ("ui", "cli")
+VIAS = ("ui", "cli", "api", "airflow")  # airflow: a HITL response Airflow authenticated
 DECISIONS = {"approve": "approved", "reject": "rejected"}
 DEFAULT_VALIDITY_HOURS = 24.0
 REASON_MIN_LENGTH = 5  # a reason says what was reviewed; "ok" is not one
@@ -92,7 +92,7 @@ def ensure_table(conn, plan: Plan) -> None:
             requested_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
             requested_by   text,
             decided_by     text,
-            decided_via    text CHECK (decided_via IN ('ui', 'cli')),
+            decided_via    text,
             os_user        text,
             db_role        text,
             reason         text,
@@ -106,6 +106,14 @@ def ensure_table(conn, plan: Plan) -> None:
                  AND length(btrim(reason)) >= {minlen}))
         )""").format(t=_t(plan), statuses=sql.SQL(", ").join(map(sql.Literal, STATUSES)),
                      decided_check=sql.Identifier(f"{table}_decided"), minlen=sql.Literal(REASON_MIN_LENGTH)))
+    # the channels, as a named constraint (older tables had ui/cli only: replaced, additive)
+    via_check = f"{table}_decided_via_check"
+    found = conn.execute("SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c WHERE c.conname = %s "
+                         "AND c.conrelid = to_regclass(%s)", (via_check, _t(plan).as_string(conn))).fetchone()
+    if found is None or "airflow" not in found[0]:
+        conn.execute(sql.SQL("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {c}, ADD CONSTRAINT {c} "
+                             "CHECK (decided_via IN ({vias}))").format(
+            t=_t(plan), c=sql.Identifier(via_check), vias=sql.SQL(", ").join(map(sql.Literal, VIAS))))
     # at most one request waits for a decision, so "the pending request" is never ambiguous
     conn.execute(sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ((status)) WHERE status = 'pending'").format(
         sql.Identifier(f"{table}_one_pending"), _t(plan)))
@@ -175,9 +183,13 @@ def open_request(conn, plan: Plan, *, run_id: str, user: str | None, digest: dic
         o.status = "superseded"
         _ledger(conn, plan, o, name="approval_superseded", status=ledger.REFUSED, by=user,
                 message=f"request {o.id} superseded by request {req.id}", superseded_by=req.id)
+    from consolidation.checks import quarantine  # the approval covers the quarantined rows, stated per step
+
+    held = quarantine.summary(conn, plan)
     _ledger(conn, plan, req, name="approval_request", status=ledger.SUCCESS, by=user,
-            message=f"request {req.id}: cleanup waits for a decision on fingerprint {fp[:12]}",
-            superseded=[o.id for o in old])
+            message=f"request {req.id}: cleanup waits for a decision on fingerprint {fp[:12]}"
+                    + "".join(f"; {line}" for line in quarantine.lines(held)),
+            superseded=[o.id for o in old], quarantine=held)
     conn.commit()
     return req
 

@@ -6,8 +6,8 @@ snapshot, and in that same snapshot the engine
 
 * re-computes the reconciliation digest and compares it with the approved fingerprint
   (so what is dumped is exactly what the person approved), and
-* computes a checksum of every table it dumps: an order-independent md5 over the md5 of
-  each row's text (core.catalog.table_checksum_query, with the output settings pinned),
+* computes a checksum of every table it dumps: order-independent, `count:sum` of a 64-bit
+  hash of each row's text (core.catalog.table_checksum_query, with the output settings pinned),
   and the same for every consolidated target (the baseline the post-cleanup gate
   compares with).
 
@@ -74,7 +74,8 @@ def pg_env(dsn: str) -> dict[str, str]:
 
 
 def _run(args: list[str], env: dict, what: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    # umask 077: what the client programs write (archives, restore scripts) is the user's alone
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, umask=0o077)
     if proc.returncode != 0:
         err = (proc.stderr or proc.stdout).strip()
         raise BackupFailed(f"{what} failed (exit {proc.returncode}): {err[-2000:]}")
@@ -103,7 +104,7 @@ def tables_of(conn, schema: str) -> list[str]:
 
 
 def table_checksum(conn, schema: str, table: str) -> dict:
-    """{"rows", "checksum"}: md5 over the sorted md5s of every row (order-independent)."""
+    """{"rows", "checksum"}: count and sum of every row's 64-bit hash (order-independent, one scan)."""
     row = conn.execute(table_checksum_query(sql.Identifier(schema, table))).fetchone()
     return {"rows": row[1], "checksum": row[0]}
 
@@ -130,7 +131,15 @@ def target_baseline(conn, plan: Plan) -> dict[str, dict]:
 
 # ------------------------------------------------------------------ backup
 def default_folder(run_id: str) -> Path:
-    return config.backup_dir() / safe_name(run_id)
+    root = config.backup_dir()
+    private(root)
+    return root / safe_name(run_id)
+
+
+def private(path: Path) -> Path:
+    """Archives hold every legacy row: folders 0700, files 0600, owned by the running user."""
+    path.chmod(0o700 if path.is_dir() else 0o600)
+    return path
 
 
 def sha256_of(path: Path) -> str:
@@ -185,7 +194,8 @@ def take_backup(dsn: str, plan: Plan, folder: Path, *, run_id: str, user: str | 
     from consolidation.checks.reconcile import digest
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private(folder)  # also when it existed before
     env = pg_env(dsn)
     archives: list[Archive] = []
     with psycopg.connect(dsn, connect_timeout=10) as snap:
@@ -209,6 +219,7 @@ def take_backup(dsn: str, plan: Plan, folder: Path, *, run_id: str, user: str | 
                 path = folder / f"{safe_name(schema)}.dump"
                 _run([_bin("pg_dump"), "--format=custom", f"--schema={schema}", f"--snapshot={snapshot}",
                       "--no-password", f"--file={path}"], env, f"pg_dump of schema {schema}")
+                private(path)
                 archives.append(Archive(schema, str(path), path.stat().st_size, sha256_of(path), 0, sums[schema]))
     # every archive is checked readable and complete before anything may be dropped
     for a in archives:
@@ -216,7 +227,7 @@ def take_backup(dsn: str, plan: Plan, folder: Path, *, run_id: str, user: str | 
     taken_at = datetime.now(timezone.utc).isoformat()
     manifest = {"run_id": run_id, "taken_at": taken_at, "plan_sha256": plan.sha256, "snapshot": snapshot,
                 "fingerprint": fp, "archives": [asdict(a) for a in archives], "baseline": baseline}
-    atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
+    private(atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n"))
     with psycopg.connect(dsn, connect_timeout=10) as conn:
         for a in archives:
             ledger.record(conn, plan, status=ledger.SUCCESS, run_id=run_id, phase=PHASE, kind="backup",

@@ -29,6 +29,8 @@ usable from a shell or a test):
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 from psycopg import sql
 
@@ -100,11 +102,63 @@ def describe_late(late: list[dict]) -> str:
         f"{r['present']}, quarantined {r['quarantined']})" for r in late)
 
 
+def verify_dropped(conn, dsn: str, plan: Plan, *, run_id: str, user: str | None) -> dict[str, dict]:
+    """The legacy schemas an earlier (interrupted) 4D run already dropped, each checked against
+    the backup its drop recorded: the archive is there, its sha256 and data entries are as
+    recorded, and every dropped table's checksum equals the one in the backup. Recorded in
+    the ledger (resume_4D); CleanupBlocked, naming the archive, when a backup fails that."""
+    from consolidation.core.runs.dropped import dropped_schemas
+
+    dropped = dropped_schemas(conn, plan)
+    if not dropped:
+        return {}
+    env = backups.pg_env(dsn)
+    out: dict[str, dict] = {}
+    for schema, row in dropped.items():
+        backup_id = row["details"].get("backup_ledger_id")
+        found = ledger.rows(conn, plan, "id = %s AND kind = 'backup' AND status = 'success'", (backup_id,))
+        if not found:
+            raise CleanupBlocked(f"schema {schema} was dropped by run {row['run_id']}, but the backup its drop "
+                                 f"names (ledger id {backup_id}) is not recorded; restore cannot be proven - "
+                                 "investigate before anything else is dropped")
+        d = found[0]["details"]
+        try:
+            backups.verify_archive(Path(d["path"]), sha256=d["sha256"], tables=d["tables"], env=env)
+        except backups.BackupFailed as exc:
+            raise CleanupBlocked(f"schema {schema} was dropped by run {row['run_id']}, but its backup cannot be "
+                                 f"trusted: {exc}; nothing more is dropped until it is back") from None
+        drops = ledger.rows(conn, plan, "phase = '4D' AND kind = 'ddl' AND status = 'success' AND run_id = %s "
+                                        "AND details->>'kind' = 'drop_table' AND details->>'schema' = %s",
+                            (row["run_id"], schema))
+        differ = [r["source"] for r in drops if d["tables"].get(r["source"], {}).get("checksum")
+                  != r["details"].get("checksum")]
+        if differ:
+            raise CleanupBlocked(f"schema {schema} was dropped by run {row['run_id']}, but the checksums its drop "
+                                 f"recorded for {', '.join(differ)} differ from the backup {d['path']}")
+        out[schema] = {"dropped_by": row["run_id"], "at": row["finished_at"], "archive": d["path"],
+                       "sha256": d["sha256"], "tables": len(d["tables"]),
+                       "rows": sum(t.get("rows", 0) for t in d["tables"].values())}
+    ledger.record(conn, plan, status=ledger.SUCCESS, run_id=run_id, phase=PHASE, kind="run", name="resume_4D",
+                  triggered_by=user, details={"dropped": out,
+                                              "dropped_by_runs": sorted({v["dropped_by"] for v in out.values()})},
+                  message="resumed after an interrupted cleanup; already dropped, backups verified: " + "; ".join(
+                      f"{s} (run {v['dropped_by']}, {v['tables']} tables, {v['rows']:,} rows in {v['archive']}, "
+                      f"sha256 {v['sha256'][:12]})" for s, v in out.items()))
+    conn.commit()
+    return out
+
+
 def preflight(conn, dsn: str, plan: Plan, *, resync_late_rows: bool, run_id: str, user: str | None) -> dict:
-    """Inventory, late rows (block or re-sync), and the reconciliation re-proven as a GX gate."""
+    """Inventory, late rows (block or re-sync), and the reconciliation re-proven as a GX gate.
+    After an interrupted cleanup, the schemas it dropped are verified against their backups
+    and left out (verify_dropped); the rest is checked as usual."""
     from consolidation.checks.gate_4b import gate_4b_checks
     from consolidation.checks.gates import run_phase_gate
+    from consolidation.core.runs.dropped import remaining
 
+    full = plan
+    resumed = verify_dropped(conn, dsn, plan, run_id=run_id, user=user)
+    plan = remaining(plan, resumed)
     inv, blocking = inventory_problems(conn, plan)
     before = {
         "schema_totals": inv.schema_totals,
@@ -140,9 +194,9 @@ def preflight(conn, dsn: str, plan: Plan, *, resync_late_rows: bool, run_id: str
 
     checks = gate_4b_checks(conn, plan)
     conn.commit()
-    result = run_phase_gate(conn, dsn, plan, PHASE, checks, run_id=run_id, user=user, gate=RECONCILE_GATE,
-                            details={"resynced": synced})
-    return {"late": late, "resynced": synced, "checks": len(result.results)}
+    result = run_phase_gate(conn, dsn, full, PHASE, checks, run_id=run_id, user=user, gate=RECONCILE_GATE,
+                            details={"resynced": synced, "resumed": sorted(resumed)})
+    return {"late": late, "resynced": synced, "checks": len(result.results), "resumed": resumed}
 
 
 def schema_summary(conn, schemas: list[str]) -> dict[str, dict]:

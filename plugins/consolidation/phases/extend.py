@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import psycopg
 from psycopg import sql
 
 from consolidation.core import ledger
 from consolidation.core.catalog import Catalog, table_details
-from consolidation.core.plan import Plan
+from consolidation.core.columns.check import select_problem
+from consolidation.phases.objects import privileges
+from consolidation.core.plan import Plan, PlanError
 from consolidation.core.session import load_specs
 from consolidation.core.spec import TargetSpec, compare_existing
 
@@ -59,7 +62,7 @@ def ddl_for(spec: TargetSpec, catalog: Catalog, conn) -> list[DDL]:
             for name, col in step.add_columns.items():
                 if name not in rel.columns:
                     out.append(DDL("add_column", spec.qualified, [sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
-                        ident, sql.Identifier(name), sql.SQL(col.type))], {"kind": "add_column", "column": name}))
+                        ident, sql.Identifier(name), sql.SQL(spec.added_types.get(name, col.type)))], {"kind": "add_column", "column": name}))
                 if col.unique:
                     constraints, _ = table_details(conn, spec.schema, spec.table)
                     if not any(c.type in "pu" and c.columns == [name] for c in constraints):
@@ -146,7 +149,12 @@ def apply(conn, plan: Plan, ddls: list[DDL], *, run_id: str, user: str | None) -
     with conn.transaction():
         for d in ddls:
             for stmt in d.statements:
-                conn.execute(stmt)
+                try:
+                    conn.execute(stmt)
+                except (psycopg.ProgrammingError, psycopg.DataError, psycopg.NotSupportedError) as exc:
+                    # the plan asked for DDL the database refuses (a type, a name, a definition): name it
+                    raise PlanError(f"4A cannot make {d.kind} {d.target}: the database refuses "
+                                    f"{stmt.as_string(conn)[:200]!r}: {_first_line(exc)}; fix the plan") from None
             ledger.record(conn, plan, status=ledger.SUCCESS, run_id=run_id, phase=PHASE, kind="ddl",
                           name=f"{d.kind}:{d.target}", target=d.target, triggered_by=user,
                           details=d.record | {"sql": [s.as_string(conn) for s in d.statements]})
@@ -182,7 +190,41 @@ def extend_group(conn, plan: Plan, legacy_schema: str, *, run_id: str, user: str
 
 def finalize(conn, plan: Plan, *, run_id: str, user: str | None) -> list[str]:
     catalog, specs = load_specs(conn, plan)
-    return apply(conn, plan, finalize_ddl(specs, catalog, conn), run_id=run_id, user=user)
+    for spec in specs.values():  # the tables exist now: the database can read each definition
+        if spec.kind == "view":
+            problem = select_problem(conn, spec.view_definition, "the definition")
+            if problem:
+                raise PlanError(f"{spec.steps[0].label}: definition of {spec.qualified}: {problem}; "
+                                "write one SELECT over the consolidated tables")
+    done = apply(conn, plan, finalize_ddl(specs, catalog, conn), run_id=run_id, user=user)
+    # every target exists now: each role's privileges on the legacy tables follow them (pre-existing ones too)
+    grants = [DDL("grant", target, [stmt], {"kind": "grant"}) for target, stmt in privileges.grant_statements(conn, plan)]
+    return done + apply(conn, plan, grants, run_id=run_id, user=user)
+
+
+class _Rehearsed(Exception):
+    """Ends the rehearsal's transaction (rolled back)."""
+
+
+def rehearse(conn, plan: Plan, *, run_id: str, user: str | None) -> None:
+    """Everything 4A will do - schemas, tool tables, every group's DDL, foreign keys, views (each
+    definition read by the database) - run once inside one transaction that is rolled back, so a
+    plan whose DDL, cast types or view definitions the database refuses (PlanError), or whose
+    existing target differs (TargetConflict), is refused before 4A's first write."""
+    try:
+        with conn.transaction():
+            ensure_schemas(conn, plan, run_id=run_id, user=user)
+            for legacy in plan.legacy_schemas:
+                extend_group(conn, plan, legacy, run_id=run_id, user=user)
+            finalize(conn, plan, run_id=run_id, user=user)
+            raise _Rehearsed()
+    except _Rehearsed:
+        pass
+
+
+def _first_line(exc: Exception) -> str:
+    diag = getattr(exc, "diag", None)
+    return ((diag.message_primary if diag is not None else None) or str(exc)).strip().splitlines()[0]
 
 
 def preview(conn, plan: Plan) -> list[tuple[str, str]]:

@@ -21,6 +21,7 @@ from consolidation.core.session import load_specs
 from consolidation.core.ledger import tool_ident
 from consolidation.core.plan import Plan, Step
 from consolidation.checks.reconcile import checksums
+from consolidation.phases.load import batches, bulk
 from consolidation.core.spec import TargetSpec, source_ident
 
 PHASE = "4B"
@@ -42,7 +43,7 @@ class StepResult:
     already_present: int
     source_checksum: str | None
     target_checksum: str | None
-    path: str  # set-based | per-row
+    path: str  # set-based | bulk load (an empty target 4A created) | per-row
 
     def line(self) -> str:
         return (f"{self.source} -> {self.target}: read {self.read}, inserted {self.inserted}, merged {self.merged}, "
@@ -69,7 +70,7 @@ def run_step(conn, plan: Plan, step_name: str, *, run_id: str, user: str | None)
                               source=step.source, target=step.target, triggered_by=user)
     conn.commit()
     try:
-        result = _move(conn, plan, step, spec, run_id)
+        result = _move(conn, plan, step, spec, run_id, entry.id)
         conn.commit()
         sums = checksums(conn, plan, step, spec)
         result.source_checksum, result.target_checksum = sums["source_checksum"], sums["target_checksum"]
@@ -96,11 +97,17 @@ def run_step(conn, plan: Plan, step_name: str, *, run_id: str, user: str | None)
         raise
 
 
-def _move(conn, plan: Plan, step: Step, spec: TargetSpec, run_id: str) -> StepResult:
+def _move(conn, plan: Plan, step: Step, spec: TargetSpec, run_id: str, entry_id: int | None = None) -> StepResult:
     action = action_for(step)
     if not action.moves_rows:  # e.g. a view 4A recreated over the targets: nothing moves, 4B verifies
         read = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(source_ident(step))).fetchone()[0]
         return StepResult(step.name, step.source, step.target, read, 0, 0, 0, read, None, None, action.verify_path)
+    if step.batch_rows and entry_id is not None:  # a big step: key-range batches, each committed, resumable
+        read = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(source_ident(step))).fetchone()[0]
+        if batches.applies(action, step, spec, read):
+            inserted, merged, path = batches.run(conn, plan, step, spec, action, run_id, entry_id, read,
+                                                 ledger.applier_function(plan))
+            return _finish_move(conn, plan, step, spec, read, inserted, merged, path)
     # One runner per step at a time (two DAG runs must not interleave a step).
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"consolidation:{step.name}",))
     conn.execute(sql.SQL("DELETE FROM {} WHERE step = %s").format(tool_ident(plan, "quarantine")), (step.name,))
@@ -108,9 +115,14 @@ def _move(conn, plan: Plan, step: Step, spec: TargetSpec, run_id: str) -> StepRe
         conn.execute(stmt)
     read = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(source_ident(step))).fetchone()[0]
     path = "set-based"
+    load = action.load_statement(plan, step, spec, source_ident(step))
     try:
         with conn.transaction():  # savepoint
-            inserted, merged = conn.execute(action.statement(plan, step, spec, source_ident(step), run_id)).fetchone()
+            if load is not None and bulk.applies(conn, spec):
+                # an empty table 4A created: load first, foreign keys and indexes after (pg_restore's order)
+                inserted, merged, path = bulk.load(conn, spec, load), 0, "bulk load"
+            else:
+                inserted, merged = conn.execute(action.statement(plan, step, spec, source_ident(step), run_id)).fetchone()
     except psycopg.Error:
         path = "per-row"
         one_row = sql.SQL("jsonb_populate_record(NULL::{}, $1)").format(source_ident(step))
@@ -119,6 +131,11 @@ def _move(conn, plan: Plan, step: Step, spec: TargetSpec, run_id: str) -> StepRe
         inserted, merged, _ = conn.execute(
             sql.SQL("SELECT * FROM {}(%s, %s, %s, %s, %s, %s)").format(ledger.applier_function(plan)),
             (select_sql, apply_sql, run_id, step.name, step.source, step.target)).fetchone()
+    return _finish_move(conn, plan, step, spec, read, inserted, merged, path)
+
+
+def _finish_move(conn, plan: Plan, step: Step, spec: TargetSpec, read: int, inserted: int, merged: int,
+                 path: str) -> StepResult:
     _advance_sequences(conn, spec)
     quarantined = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE step = %s").format(
         tool_ident(plan, "quarantine")), (step.name,)).fetchone()[0]

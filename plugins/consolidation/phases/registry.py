@@ -93,17 +93,36 @@ class Column:
     default: Any = None  # the plan's default for NULL sources, if any
 
 
+INSERTED = "inserted"  # filter op: the rows this step inserted into a target that held others before
+INSERTED_KEYS = "inserted_keys"  # a view of the undo log's insert keys, readable by services (not the before-images)
+
+
 @dataclass(frozen=True)
 class Filter:
-    column: str
-    op: str  # '=' | 'is not null'
-    value: str | None = None
+    column: str  # for INSERTED: the target's key columns, comma-separated
+    op: str  # '=' | 'is not null' | 'inserted'
+    value: str | None = None  # for INSERTED: {"log": [schema, table] of the undo log, "step": name} as JSON
 
     def condition(self, alias: str = "t") -> sql.Composed:
+        if self.op == INSERTED:
+            # a copy into a pre-existing target: 4B recorded each inserted row's key in the undo log
+            where = json.loads(self.value)
+            key = sql.SQL(", ").join(sql.SQL("{}, {}").format(sql.Literal(k), sql.Identifier(alias, k))
+                                     for k in self.column.split(","))
+            return sql.SQL("EXISTS (SELECT 1 FROM {log} AS u WHERE u.step = {step} "
+                           "AND u.key = jsonb_build_object({key}))").format(
+                log=sql.Identifier(*where["log"]), step=sql.Literal(where["step"]), key=key)
         col = sql.Identifier(alias, self.column)
         if self.op == "=":
             return sql.SQL("{} = {}").format(col, sql.Literal(self.value))
         return sql.SQL("{} IS NOT NULL").format(col)
+
+    def text(self) -> str:
+        if self.op == INSERTED:
+            return f"rows inserted by step {json.loads(self.value)['step']} (keys in {'.'.join(json.loads(self.value)['log'])})"
+        if self.op == "=":
+            return f"{self.column} = {self.value!r}"
+        return f"{self.column} IS NOT NULL"
 
 
 @dataclass(frozen=True)
@@ -241,7 +260,7 @@ def ensure_registry(conn, plan: Plan) -> list[str]:
             action          text NOT NULL,
             plan_step       text NOT NULL,
             filter_column   text,
-            filter_op       text CHECK (filter_op IN ('=', 'is not null')),
+            filter_op       text CONSTRAINT {op_check} CHECK (filter_op IN ('=', 'is not null', 'inserted')),
             filter_value    text,
             columns         jsonb NOT NULL,
             status          text NOT NULL,
@@ -250,8 +269,24 @@ def ensure_registry(conn, plan: Plan) -> list[str]:
             set_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
             CHECK ((filter_column IS NULL) = (filter_op IS NULL)),
             CHECK (filter_op IS DISTINCT FROM '=' OR filter_value IS NOT NULL)
-        )""").format(reg=tool_ident(plan, "registry")))
+        )""").format(reg=tool_ident(plan, "registry"), op_check=sql.Identifier(_op_check(plan))))
+    _allow_inserted_filter(conn, plan)
     return grant_readers(conn, plan)
+
+
+def _op_check(plan: Plan) -> str:
+    return f"{plan.tool_table('registry')[1]}_filter_op_check"  # PostgreSQL's own name for it, kept
+
+
+def _allow_inserted_filter(conn, plan: Plan) -> None:
+    """A registry made by an earlier version refuses the 'inserted' filter op: widen its CHECK."""
+    reg = tool_ident(plan, "registry")
+    current = conn.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass "
+                           "AND conname = %s", (reg.as_string(conn), _op_check(plan))).fetchone()
+    if current is not None and "inserted" not in current[0]:
+        conn.execute(sql.SQL("ALTER TABLE {reg} DROP CONSTRAINT {c}, ADD CONSTRAINT {c} "
+                             "CHECK (filter_op IN ('=', 'is not null', 'inserted'))").format(
+            reg=reg, c=sql.Identifier(_op_check(plan))))
 
 
 def grant_readers(conn, plan: Plan) -> list[str]:
@@ -263,10 +298,16 @@ def grant_readers(conn, plan: Plan) -> list[str]:
         "JOIN pg_roles AS r ON r.oid = a.grantee "
         "WHERE n.nspname = ANY(%s) AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner "
         "ORDER BY 1", (list(plan.legacy_schemas),)).fetchall()]
+    keys = relation_exists(conn, *plan.tool_table("undo"))
+    if keys:  # what an 'inserted' filter reads: step and key of each inserted row, nothing else of the undo log
+        conn.execute(sql.SQL("CREATE OR REPLACE VIEW {v} AS SELECT step, key FROM {u} WHERE op = 'insert'").format(
+            v=tool_ident(plan, INSERTED_KEYS), u=tool_ident(plan, "undo")))
     for role in roles:
         ident = sql.Identifier(role)
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(plan.tool_schema), ident))
         conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(tool_ident(plan, "registry"), ident))
+        if keys:
+            conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(tool_ident(plan, INSERTED_KEYS), ident))
     return roles
 
 
@@ -326,6 +367,13 @@ def _entry_for(conn, plan: Plan, step: Step, spec, catalog) -> dict:
         by_legacy: dict[str, tuple[str, Any]] = action.registry_columns(step, spec, source)
     except ActionError as exc:
         raise RegistryError(str(exc)) from None
+    if filt is None and spec.exists_before_plan and spec.key and relation_exists(conn, *plan.tool_table(INSERTED_KEYS)):
+        # the target holds rows of its own besides the migrated ones: this step's rows are the ones it inserted
+        candidate = Filter(",".join(spec.key), INSERTED,
+                           json.dumps({"log": list(plan.tool_table(INSERTED_KEYS)), "step": step.name}))
+        if conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} AS t WHERE NOT {})").format(
+                spec.ident, candidate.condition("t"))).fetchone()[0]:
+            filt = (candidate.column, candidate.op, candidate.value)
     columns = []
     for col in sorted(source.columns.values(), key=lambda c: c.position):
         if col.name not in by_legacy:
@@ -462,9 +510,7 @@ def carry_read_grants(conn, rows: list[dict]) -> list[dict]:
 
 
 def _filter_text(e: dict) -> str:
-    if e["filter_op"] == "=":
-        return f"{e['filter_column']} = {e['filter_value']!r}"
-    return f"{e['filter_column']} IS NOT NULL"
+    return Filter(e["filter_column"], e["filter_op"], e.get("filter_value")).text()
 
 
 # ----------------------------------------------------------------------- the export

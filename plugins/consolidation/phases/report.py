@@ -18,6 +18,7 @@ from pathlib import Path
 
 from psycopg import sql
 
+from consolidation.checks.quarantine import summary as quarantine_summary
 from consolidation.core import config, ledger
 from consolidation.core.catalog import relation_exists
 from consolidation.core.files import atomic_write, safe_name
@@ -55,7 +56,15 @@ def collect(conn, plan: Plan, run_id: str | None = None) -> dict:
     conn.rollback()
 
     steps: dict[str, dict] = {}
+    moved: dict[str, dict] = {}  # over all runs: a re-run's "inserted 0" does not hide what moved before
     for r in rows:
+        if r["kind"] == "rollback" and r["status"] == ledger.SUCCESS:
+            moved.clear()  # a rollback removed what earlier runs moved
+        if r["kind"] == "step" and r["status"] == ledger.SUCCESS and r["phase"] in ("4B", "4D"):
+            m = moved.setdefault(r["name"], {"inserted": 0, "merged": 0, "runs": 0})
+            m["inserted"] += r["rows_inserted"] or 0
+            m["merged"] += r["rows_merged"] or 0
+            m["runs"] += 1
         if r["phase"] == "4B" and r["kind"] == "step" and r["status"] != ledger.RUNNING:
             steps[r["name"]] = r  # the latest run of each step wins
     in_backup = {t: v.get("rows") for r in of_run if r["kind"] == "backup" and r["name"].startswith("backup:")
@@ -73,6 +82,11 @@ def collect(conn, plan: Plan, run_id: str | None = None) -> dict:
             "source": s.source, "action": s.action, "target": s.target or "(backed up, dropped in 4D)",
             "read": r and r["rows_read"], "inserted": r and r["rows_inserted"], "merged": r and r["rows_merged"],
             "quarantined": r and r["rows_quarantined"],
+            "inserted_all_runs": moved.get(s.name, {}).get("inserted"), "merged_all_runs": moved.get(s.name, {}).get("merged"),
+            "runs": moved.get(s.name, {}).get("runs"),
+            "ignored": dict(s.ignore),
+            "filled": {c.target: ("constant " + repr(c.value)) if c.kind == "value" else f"default {c.default!r} for NULL"
+                       for c in (s.columns or {}).values() if c.kind == "value" or c.default is not None},
             "already_present": r and (r["details"] or {}).get("already_present"),
             "status": r["status"] if r else ("not run" if s.target else
                                              "in the backup, dropped" if s.source in dropped and s.source in in_backup
@@ -85,9 +99,9 @@ def collect(conn, plan: Plan, run_id: str | None = None) -> dict:
                  for c in conn.execute(sql.SQL(
                      "SELECT step, target, key::text, column_name, target_value, source_value, resolution FROM {} "
                      "ORDER BY step, key::text, column_name").format(ledger.tool_ident(plan, "conflicts"))).fetchall()]
-    quarantine = [dict(zip(("step", "source", "rows", "first_reason"), q)) for q in conn.execute(sql.SQL(
-        "SELECT step, source, count(*), min(reason) FROM {} GROUP BY step, source ORDER BY step").format(
-        ledger.tool_ident(plan, "quarantine"))).fetchall()]
+    quarantine = quarantine_summary(conn, plan)
+    for q in quarantine:  # the legacy table's backup holds them too
+        q["in_backup"] = in_backup.get(q["source"])
 
     gates = [{"phase": r["phase"], "name": r["name"], "status": r["status"], "run_id": r["run_id"],
               "started_at": r["started_at"], "finished_at": r["finished_at"],
@@ -111,6 +125,13 @@ def collect(conn, plan: Plan, run_id: str | None = None) -> dict:
                 "rows": sum(t.get("rows", 0) for t in (r["details"] or {}).get("tables", {}).values()),
                 "at": r["finished_at"]} for r in of_run if r["kind"] == "backup" and r["name"].startswith("backup:")]
     drops = [{"what": r["message"], "at": r["finished_at"]} for r in of_run if r["phase"] == "4D" and r["kind"] == "ddl"]
+    # a resumed 4D: what earlier (interrupted) 4D runs dropped, and every interruption
+    drops = [{"what": f"{r['message']} (by earlier run {r['run_id']})", "at": r["finished_at"]}
+             for r in rows if r["phase"] == "4D" and r["kind"] == "ddl" and r["run_id"] != run_id
+             and r["status"] == ledger.SUCCESS and r["run_id"] in _resumed_from(of_run)] + drops
+    interrupted = [{"phase": r["phase"], "run_id": r["run_id"], "what": f"{r['kind']} {r['name']}",
+                    "started_at": r["started_at"], "noticed_at": r["finished_at"], "message": r["message"]}
+                   for r in rows if r["status"] == ledger.INTERRUPTED]
 
     durations = []
     for phase in PHASES:
@@ -127,7 +148,14 @@ def collect(conn, plan: Plan, run_id: str | None = None) -> dict:
     return {"plan": plan.name, "plan_sha256": plan.sha256, "run_id": run_id, "generated_at": datetime.now().astimezone(),
             "before": (inv or {}).get("details", {}).get("schemas"), "after": after, "steps": migrated,
             "conflicts": conflicts, "quarantine": quarantine, "gates": gates, "approvals": approvals,
-            "approval_events": approval_events, "backups": backups, "drops": drops, "durations": durations}
+            "approval_events": approval_events, "backups": backups, "drops": drops, "durations": durations,
+            "interruptions": interrupted}
+
+
+def _resumed_from(of_run: list[dict]) -> set[str]:
+    """Run ids of the earlier 4D runs whose drops this run resumed after (its resume_4D row)."""
+    return {run for r in of_run if r["kind"] == "run" and r["name"] == "resume_4D"
+            for run in (r["details"] or {}).get("dropped_by_runs", [])}
 
 
 # ------------------------------------------------------------------ rendering
@@ -145,19 +173,27 @@ def _tables(data: dict) -> list[tuple[str, str, list[str], list[list]]]:
     out = [("schemas", "Schemas before and after", ["schema", "before the cleanup", "after"],
             [[s, desc(before.get(s)) if before else "(no 4D inventory in this run)", desc(after.get(s))]
              for s in schemas])]
-    out.append(("tables", "Tables: rows from source to target",
+    out.append(("tables", "Tables: rows from source to target (inserted and merged: over all runs)",
                 ["source", "action", "target", "read", "inserted", "merged", "already present", "quarantined",
                  "checksums equal", "target rows now", "rows in the backup", "status"],
-                [[r["source"], r["action"], r["target"], _n(r["read"]), _n(r["inserted"]), _n(r["merged"]),
-                  _n(r["already_present"]), _n(r["quarantined"]),
+                [[r["source"], r["action"], r["target"], _n(r["read"]), _n(r.get("inserted_all_runs", r["inserted"])),
+                  _n(r.get("merged_all_runs", r["merged"])), _n(r["already_present"]), _n(r["quarantined"]),
                   "-" if r["checksums_equal"] is None else ("yes" if r["checksums_equal"] else "NO"),
                   _n(r["target_rows_now"]), _n(r["backup_rows"]), r["status"]] for r in data["steps"]]))
     out.append(("conflicts", "Merges: conflicts (recorded, resolution applied)",
                 ["step", "target", "key", "column", "target value", "source value", "resolution"],
                 [[c["step"], c["target"], c["key"], c["column"], c["target_value"], c["source_value"], c["resolution"]]
                  for c in data["conflicts"]]))
-    out.append(("quarantine", "Quarantine", ["step", "source", "rows", "first reason"],
-                [[q["step"], q["source"], _n(q["rows"]), q["first_reason"]] for q in data["quarantine"]]))
+    out.append(("columns", "Columns not migrated, or filled by the plan",
+                ["source", "target", "column", "how"],
+                [[r["source"], r["target"], c, f"ignored: {why}"] for r in data["steps"]
+                 for c, why in (r.get("ignored") or {}).items()]
+                + [[r["source"], r["target"], c, how] for r in data["steps"] for c, how in (r.get("filled") or {}).items()]))
+    out.append(("quarantine", "Quarantine (accounted for, not migrated)",
+                ["step", "source", "rows", "reasons", "kept in", "rows of the source in the backup"],
+                [[q["step"], q["source"], _n(q["rows"]),
+                  "; ".join(f"{x['rows']} x {x['reason']}" for x in q["reasons"]), q["kept_in"], _n(q.get("in_backup"))]
+                 for q in data["quarantine"]]))
     out.append(("gates", "Gates", ["phase", "gate", "result", "checks", "failed", "finished", "run", "by"],
                 [[g["phase"], g["name"], g["status"], _n(g["checks"]), _n(g["failed"]), _fmt_time(g["finished_at"]),
                   g["run_id"], g["by"]] for g in data["gates"]]))
@@ -172,6 +208,10 @@ def _tables(data: dict) -> list[tuple[str, str, list[str], list[list]]]:
                 [[b["schema"], b["file"], _n(b["bytes"]), b["sha256"], _n(b["tables"]), _n(b["rows"]),
                   _fmt_time(b["at"])] for b in data["backups"]]))
     out.append(("drops", "Dropped by 4D", ["what", "when"], [[d["what"], _fmt_time(d["at"])] for d in data["drops"]]))
+    out.append(("interruptions", "Interruptions (work whose process was gone; re-runs continued it)",
+                ["phase", "run", "what", "started", "noticed", "message"],
+                [[i["phase"], i["run_id"], i["what"], _fmt_time(i["started_at"]), _fmt_time(i["noticed_at"]),
+                  i["message"]] for i in data.get("interruptions", [])]))
     out.append(("durations", "Phase durations (latest run of each)", ["phase", "run", "started", "finished", "seconds"],
                 [[d["phase"], d["run_id"], _fmt_time(d["started_at"]), _fmt_time(d["finished_at"]), d["seconds"]]
                  for d in data["durations"]]))
@@ -207,7 +247,7 @@ td.bad{color:#a4161a;font-weight:600}td.good{color:#1b6e2d}code{font-size:.85rem
 
 def render_html(data: dict) -> str:
     esc = html.escape
-    bad, good = {"failed", "refused", "rejected", "NO", "expired"}, {"success", "approved", "yes"}
+    bad, good = {"failed", "refused", "rejected", "NO", "expired", "interrupted"}, {"success", "approved", "yes"}
 
     def td(v) -> str:
         text = "-" if v is None else str(v)

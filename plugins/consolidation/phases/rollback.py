@@ -28,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from consolidation.phases import backup as backups
+from consolidation.core.runs.dropped import dropped_schemas
 from consolidation.core import ledger
 from consolidation.phases.cleanup import _dependents, _q, _relkind
 from consolidation.core.plan import Plan
@@ -91,6 +92,11 @@ def restore_legacy(dsn: str, plan: Plan, *, run_id: str, user: str | None) -> di
                 + "; ".join(partial) + ". Inspect them; a 4D drop is all-or-nothing per schema, so someone "
                 "else changed them")
         found = backups.latest_backups(conn, plan)
+        # the backup each schema's first drop recorded: a resumed 4D backs up a kept, emptied schema again
+        for s, drop in dropped_schemas(conn, plan).items():
+            named = ledger.rows(conn, plan, "id = %s AND kind = 'backup'", (drop["details"].get("backup_ledger_id"),))
+            if named:
+                found[s] = named[0]
         missing = [s for s in todo if s not in found]
         if missing:
             raise RollbackRefused(f"no 4D backup is recorded for {', '.join(missing)}; "

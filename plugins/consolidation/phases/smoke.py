@@ -1,6 +1,7 @@
 """Service smoke checks: the queries services run, through the legacy names and the registry.
 
-Each file in include/sql/smoke/ (or the folder in $CONSOLIDATION_SMOKE_DIR) is one SELECT
+Each file in the plan's `smoke_dir` (a folder relative to the plan file, e.g. the demo's
+include/plans/smoke/phase4/; $CONSOLIDATION_SMOKE_DIR or a run's folder param wins) is one SELECT
 written the way a service queries its tables - joins, filters, aggregates, ORDER BY -
 naming every table by its legacy logical name in double braces, with an alias:
 
@@ -32,10 +33,12 @@ from typing import Callable
 
 from psycopg import sql
 
-from consolidation.core import config
+from consolidation.actions.base import not_quarantined
+from consolidation.checks import quarantine
 from consolidation.core.catalog import relation_exists
 from consolidation.checks.gx import Check
-from consolidation.core.plan import Plan
+from consolidation.core.columns.check import lexical_problem, select_problem
+from consolidation.core.plan import Plan, PlanError
 from consolidation.checks.reconcile import multiset_diff
 from consolidation.phases.registry import NotRegistered, resolve
 
@@ -44,8 +47,9 @@ PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_$]*)\.([A-Za-z_][A-Za-z0-
 _ALIAS_AFTER = re.compile(r"\s+AS\s+[A-Za-z_][A-Za-z0-9_$]*", re.IGNORECASE)
 
 
-class SmokeError(ValueError):
-    """A smoke query file that cannot be used; the message names the file and the fix."""
+class SmokeError(PlanError):
+    """A smoke query file that cannot be used; the message names the file and the fix (a
+    PlanError: SQL the plan's user supplies, refused in one line like the plan's own)."""
 
 
 @dataclass
@@ -67,8 +71,16 @@ class SmokeQuery:
         parts.append(sql.SQL(self.text[pos:]))
         return sql.Composed(parts)
 
-    def legacy(self) -> sql.Composed:
-        return self.render(lambda name: sql.Identifier(*name.split(".")))
+    def legacy(self, plan: Plan | None = None, held: dict[str, int] | None = None) -> sql.Composed:
+        """The query over the legacy tables; a table with quarantined rows (`held`: rows per
+        step name, checks.quarantine.counts) without them: they are accounted for, not migrated."""
+        def relation(name: str) -> sql.Composable:
+            ident = sql.Identifier(*name.split("."))
+            step = plan.step_for_source(*name.split(".")) if plan is not None and held else None
+            if step is None or not held.get(step.name):
+                return ident
+            return sql.SQL("(SELECT * FROM {} AS s WHERE {})").format(ident, not_quarantined(plan, step))
+        return self.render(relation)
 
     def through_registry(self, conn, plan: Plan) -> sql.Composed:
         """Raises registry.NotRegistered naming the first placeholder the registry cannot resolve."""
@@ -76,17 +88,30 @@ class SmokeQuery:
         return self.render(lambda name: resolved[name].relation())
 
 
-def smoke_dir(folder: str | Path | None = None) -> Path:
-    return Path(folder or os.environ.get(SMOKE_DIR_ENV) or config.SQL_DIR / "smoke")
+def smoke_dir(folder: str | Path | None = None, plan: Plan | None = None) -> Path | None:
+    """The smoke-query folder: the one given (a run param, `--dir`), else $CONSOLIDATION_SMOKE_DIR,
+    else the plan's `smoke_dir` (relative to the plan file); None when none is named."""
+    chosen = folder or os.environ.get(SMOKE_DIR_ENV)
+    if chosen:
+        return Path(chosen)
+    if plan is None:  # the configured plan (CONSOLIDATION_PLAN, else the bundled one)
+        from consolidation.core.plan import load_plan
+        plan = load_plan()
+    return plan.smoke_folder()
 
 
-def load_queries(folder: str | Path | None = None) -> list[SmokeQuery]:
+def load_queries(folder: str | Path | None = None, plan: Plan | None = None) -> list[SmokeQuery]:
     """Every *.sql file of the smoke folder, by file name, validated."""
-    base = smoke_dir(folder)
+    base = smoke_dir(folder, plan)
+    if base is None:
+        where = f"plan file {plan.path}" if plan is not None and plan.path else "the plan"
+        raise SmokeError(f"{where} names no smoke-query folder: add `smoke_dir: FOLDER` (relative to the plan file) "
+                         "holding the services' queries as *.sql (see the README, 'Service smoke queries'), "
+                         f"or set {SMOKE_DIR_ENV}")
     files = sorted(base.glob("*.sql"))
     if not files:
         raise SmokeError(f"no smoke queries in {base}: add at least one *.sql file "
-                         f"(or point {SMOKE_DIR_ENV} at the folder holding them)")
+                         f"(the plan's `smoke_dir`, or {SMOKE_DIR_ENV}, names this folder)")
     return [parse(p.read_text(encoding="utf-8"), p) for p in files]
 
 
@@ -101,6 +126,12 @@ def parse(text: str, path: Path) -> SmokeQuery:
     where = f"smoke query {path}"
     if ";" in _strip_comments(body):
         raise SmokeError(f"{where}: one statement per file; split it or remove the inner ';'")
+    # after its leading `--` description: one SELECT, literals read as the server reads them
+    query = "\n".join(lines[len(doc):]).strip().rstrip(";").strip()
+    problem = lexical_problem(query, "the query")
+    if problem or not query.lower().startswith(("select", "with", "values", "table", "(")):
+        raise SmokeError(f"{where}: {problem or 'the query does not start with SELECT'}; write one SELECT "
+                         "(its description in leading -- lines only)")
     if "{{" in PLACEHOLDER.sub("", body):
         raise SmokeError(f"{where}: a placeholder is malformed; write {{{{schema.table}}}} with unquoted names")
     matches = list(PLACEHOLDER.finditer(body))
@@ -112,6 +143,14 @@ def parse(text: str, path: Path) -> SmokeQuery:
                              "(the registry side is a subquery)")
     names = list(dict.fromkeys(f"{m.group(1)}.{m.group(2)}" for m in matches))
     return SmokeQuery(path.stem, path, " ".join(d for d in doc if d), body, names)
+
+
+def _without_doc(text: str) -> str:
+    """The query without its leading `--` description lines."""
+    lines = text.strip().splitlines()
+    while lines and lines[0].lstrip().startswith("--"):
+        lines.pop(0)
+    return "\n".join(lines)
 
 
 def _strip_comments(text: str) -> str:
@@ -138,15 +177,22 @@ def comparison(conn, plan: Plan, q: SmokeQuery) -> tuple[sql.Composed, str]:
     if gone:  # after 4D: nothing to compare with, but the query must still run
         return (sql.SQL("SELECT NULL::text AS only_in, NULL::text AS row_text FROM ({}) AS q WHERE false").format(through),
                 f"{what} runs through the registry (legacy {', '.join(gone)} gone: not compared)")
-    return (multiset_diff(_rows(q.legacy()), _rows(through), "legacy", "registry"),
-            f"{what} returns the same rows through the registry as from the legacy tables")
+    held = quarantine.counts(conn, plan)
+    minus = [n for n in q.names if (st := plan.step_for_source(*n.split("."))) is not None and held.get(st.name)]
+    return (multiset_diff(_rows(q.legacy(plan, held)), _rows(through), "legacy", "registry"),
+            f"{what} returns the same rows through the registry as from the legacy tables"
+            + (f" (without the quarantined rows of {', '.join(minus)})" if minus else ""))
 
 
 def smoke_checks(conn, plan: Plan, folder: str | Path | None = None) -> list[Check]:
     """One gate check per smoke query: the rows that differ between both renderings."""
     table = ".".join(plan.tool_table("registry"))
     checks = []
-    for q in load_queries(folder):
+    for q in load_queries(folder, plan):
+        if all(_legacy_exists(conn, n) for n in q.names):  # the database reads it before the gate runs it
+            problem = select_problem(conn, _without_doc(q.legacy().as_string(conn)), "the query")
+            if problem:
+                raise SmokeError(f"smoke query {q.path}: {problem}; write one SELECT over {{{{schema.table}}}} AS alias")
         query, description = comparison(conn, plan, q)
         checks.append(Check(name=f"smoke_{q.name}", table=table, kind="rows", description=description,
                             query=query.as_string(conn)))
@@ -171,13 +217,15 @@ def run_smoke(conn, plan: Plan, folder: str | Path | None = None) -> list[SmokeO
     import psycopg
 
     out = []
-    for q in load_queries(folder):
+    held = quarantine.counts(conn, plan)
+    for q in load_queries(folder, plan):
         try:
             through = q.through_registry(conn, plan)
-            legacy_n = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS q").format(q.legacy())).fetchone()[0]
+            legacy = q.legacy(plan, held)
+            legacy_n = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS q").format(legacy)).fetchone()[0]
             reg_n = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS q").format(through)).fetchone()[0]
             diff = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS d").format(
-                multiset_diff(_rows(q.legacy()), _rows(through), "legacy", "registry"))).fetchone()[0]
+                multiset_diff(_rows(legacy), _rows(through), "legacy", "registry"))).fetchone()[0]
             out.append(SmokeOutcome(q.name, legacy_n, reg_n, diff))
         except (NotRegistered, psycopg.Error) as exc:
             conn.rollback()

@@ -1,0 +1,1 @@
+"""What a legacy object carries besides its rows: privileges (privileges.py)."""
