@@ -208,3 +208,16 @@ def call_task(body, dsn: str, *, dag_id: str = "test_dag", run_id: str = "manual
     keywords, plus the DAG's own keyword arguments such as schema=...), against `dsn`."""
     with task_db(dsn):
         return body(**task_context(dag_id, run_id, user=user, params=params, conf=conf, xcom=xcom), **kwargs)
+
+
+@contextmanager
+def leased(dsn: str, dag_id: str, run_id: str = "manual__test", user: str | None = "tester"):
+    """A DAG's first and last task around task bodies called directly: the database's run lease
+    taken for `run_id` (acquire_lease) and given back at the end, also after a failure (release_lease)."""
+    from consolidation.airflow import tasks
+
+    call_task(tasks.acquire_lease, dsn, dag_id=dag_id, run_id=run_id, user=user)
+    try:
+        yield
+    finally:
+        call_task(tasks.release_lease, dsn, dag_id=dag_id, run_id=run_id, user=user)

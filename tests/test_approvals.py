@@ -1,6 +1,8 @@
-"""Cleanup approvals, against clones of the 4B stage: requests, decisions (UI and CLI), checks.
-The approval DAG runs once (dag.test); the CLI is called in-process; the UI decision's other
-paths go through the DAG's task body.
+"""Cleanup approvals, against clones of the 4B stage: requests, the checks applied to Airflow's
+human-in-the-loop response (engine tier: the response as execute_complete receives it, through
+api.approval_response and CleanupApproval.execute_complete), and the CLI's refusals. The whole
+path through Airflow's REST API (an api-server, the operator refused, the approver's
+`consolidation approve --user`) runs in tests/test_hitl_approval.py and the 4D DAG tests.
 
 What the owner of the data cares about: nothing is dropped without a recorded human
 decision (who, how, when, why, on which fingerprint); a rejection stops the cleanup with
@@ -9,9 +11,9 @@ name typed into a run's conf can approve anything.
 """
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -21,7 +23,8 @@ from consolidation.core import ledger
 from consolidation.phases.approvals import ApprovalRefused
 from consolidation.core.plan import load_plan
 
-from phase_helpers import call_task
+from hitl_helpers import REASON, event, respond
+from phase_helpers import task_context, task_db
 
 PLAN = load_plan()
 
@@ -50,10 +53,11 @@ def ask(dsn: str, digest: dict, run_id: str = "4d-run-1") -> approvals.Request:
         return approvals.open_request(conn, PLAN, run_id=run_id, user="operator", digest=digest)
 
 
-def approve(dsn: str, request_id: int | None = None, by: str = "alice") -> approvals.Request:
-    with psycopg.connect(dsn) as conn:
-        return approvals.decide(conn, PLAN, request_id=request_id, decision="approve", by=by, via="cli",
-                                reason="reviewed the 4B gate report")
+def approve(dsn: str, request_id: int, **kw):
+    """Airflow's response by the approver, checked and copied as the waiting task does."""
+    out = respond(dsn, PLAN, request_id, **kw)
+    assert out.ok, out.failure
+    return out
 
 
 def check(dsn: str, request_id: int, **kw) -> str:
@@ -72,72 +76,79 @@ def approval_ledger(dsn: str) -> list[dict]:
         return ledger.rows(conn, PLAN, "kind = 'approval'")
 
 
-# ------------------------------------------------------------------ CLI
-def test_request_is_pending_until_approved_on_the_cli_with_who_and_why(db, migrated, cli):
+# ------------------------------------------------------------------ Airflow's response, checked
+def test_request_is_pending_until_airflow_records_an_approval_with_who_and_why(db, migrated):
     digest = migrated[1]
     req = ask(db, digest)
     # the fingerprint binds the plan file and the data's digest (computed here independently)
     assert req.fingerprint == hashlib.sha256((PLAN.sha256 + digest["digest"]).encode()).hexdigest()
     assert check(db, req.id) == "pending"
 
-    out = cli("approve", "--by", "alice", "--reason", "reviewed the 4B gate report", dsn=db)
-    assert out.returncode == 0, out.stderr
-    assert f"request {req.id}" in out.stdout and req.fingerprint in out.stdout and "approved by alice" in out.stdout
-
+    out = approve(db, req.id)
+    assert out.value["request_id"] == req.id and out.value["fingerprint"] == req.fingerprint
+    assert any(f"request {req.id} approved by approver" in line for line in out.lines)
     with psycopg.connect(db) as conn:
         role = conn.execute("SELECT current_user").fetchone()[0]
     r = row(db, req.id)
-    assert (r["status"], r["decided_by"], r["decided_via"], r["os_user"], r["db_role"], r["reason"]) == \
-        ("approved", "alice", "cli", getpass.getuser(), role, "reviewed the 4B gate report")
+    assert (r["status"], r["decided_by"], r["decided_via"], r["db_role"], r["reason"]) == \
+        ("approved", "approver", "airflow", role, REASON)
     assert r["fingerprint"] == req.fingerprint and r["decided_at"] is not None
     assert check(db, req.id) == "approved"  # recomputed from the data: unchanged
 
     names = [(e["name"], e["status"], e["triggered_by"]) for e in approval_ledger(db)]
-    assert names == [("approval_request", "success", "operator"), ("approve", "success", "alice"),
-                     ("approval_verified", "success", "alice")]
+    assert names[:2] == [("approval_request", "success", "operator"), ("approve", "success", "approver")]
     assert all(e["details"]["fingerprint"] == req.fingerprint for e in approval_ledger(db))
 
-    # a decided request cannot be decided again, and the refusal is one line with the reason
-    again = cli("reject", "--by", "bob", "--reason", "changed my mind", "--request", str(req.id), dsn=db)
-    assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1
-    assert "not pending" in again.stderr and "approved by alice" in again.stderr
-    assert row(db, req.id)["status"] == "approved"
+    # a second response to a decided request is not a decision: refused with one line, invalidated
+    again = respond(db, PLAN, req.id, option="Reject", reason="changed my mind after all")
+    assert "already approved by approver" in str(again.failure) and "nothing is dropped" in str(again.failure)
+    assert row(db, req.id)["status"] == "refused"
 
 
-def test_rejection_refuses_with_the_reason_and_who(db, migrated, cli):
+def test_rejection_refuses_with_the_reason_and_who(db, migrated):
     req = ask(db, migrated[1])
-    out = cli("reject", "--by", "bob", "--reason", "backup of public not verified yet",
-                  "--request", str(req.id), dsn=db)
-    assert out.returncode == 0, out.stderr
-    with pytest.raises(ApprovalRefused) as exc:
-        check(db, req.id)
-    assert "rejected by bob" in str(exc.value) and "backup of public not verified yet" in str(exc.value)
-    assert "nothing is dropped" in str(exc.value)
+    out = respond(db, PLAN, req.id, option="Reject", reason="backup of public not verified yet")
+    msg = str(out.failure)
+    assert "rejected by approver" in msg and "backup of public not verified yet" in msg and "nothing is dropped" in msg
     r = row(db, req.id)
-    assert (r["status"], r["decided_by"], r["reason"]) == ("rejected", "bob", "backup of public not verified yet")
+    assert (r["status"], r["decided_by"], r["reason"]) == ("rejected", "approver", "backup of public not verified yet")
     assert [(e["name"], e["status"]) for e in approval_ledger(db)][-1] == ("reject", "refused")
+    with pytest.raises(ApprovalRefused, match="rejected by approver"):
+        check(db, req.id)
 
 
-def test_cli_refusals_exit_non_zero_with_one_line(db, make_db, migrated, cli):
-    # no approvals table yet (4D never asked)
-    out = cli("approve", "--by", "alice", "--reason", "looks good", dsn=make_db())
-    assert out.returncode == 1 and "no approval request exists yet" in out.stderr
-    first = ask(db, migrated[1], run_id="4d-run-1")
-    second = ask(db, migrated[1], run_id="4d-run-2")
-    # a newer request supersedes the older one: a decision concerns the latest state only
-    assert row(db, first.id)["status"] == "superseded"
-    out = cli("approve", "--by", "alice", "--reason", "looks good", "--request", str(first.id), dsn=db)
-    assert out.returncode == 1 and "not pending" in out.stderr and f"request {second.id}" in out.stderr
-    with pytest.raises(ApprovalRefused, match="superseded"):
-        check(db, first.id)
-    out = cli("approve", "--by", "alice", "--reason", "ok", dsn=db)
-    assert out.returncode == 1 and "reason" in out.stderr
-    assert row(db, second.id)["status"] == "pending"
-    assert cli("approve", "--by", "alice", "--reason", "looks good", dsn=db).returncode == 0
-    out = cli("approve", "--by", "alice", "--reason", "looks good", dsn=db)
-    assert out.returncode == 1 and "no pending approval request" in out.stderr
-    out = cli("approve", "--by", "alice", "--reason", "looks good", "--request", "999", dsn=db)
-    assert out.returncode == 1 and "no approval request 999" in out.stderr
+def test_a_response_without_reason_or_from_the_trigger_is_refused_and_recorded(db, migrated):
+    for kw, match in (({"reason": "ok"}, "has no reason"),
+                      ({"triggered_by": "approver"}, "triggered this 4D run")):
+        req = ask(db, migrated[1], run_id=f"4d-run-{match[:6]}")
+        out = respond(db, PLAN, req.id, **kw)
+        assert match in str(out.failure)
+        assert row(db, req.id)["status"] == "refused" and match in row(db, req.id)["refusal"]
+        last = approval_ledger(db)[-1]  # the refused attempt is in the ledger, with who tried
+        assert (last["name"], last["status"]) == ("approval_refused", "refused") and match in last["message"]
+
+
+def test_cli_refusals_exit_non_zero_with_one_line(cli):
+    url = {"CONSOLIDATION_AIRFLOW_URL": "http://127.0.0.1:9"}  # nothing listens there
+    for args, env, match in ((("approve", "--reason", "looks good"), url, "give --user NAME"),
+                             (("reject", "--user", "approver", "--reason", "not yet"), url, "no password"),
+                             (("approve", "--user", "approver", "--reason", "looks good"),
+                              url | {"CONSOLIDATION_AIRFLOW_PASSWORD": "x"}, "is not reachable")):
+        out = cli(*args, env=env)
+        assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert match in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_against_airflow_refuses_a_wrong_password_and_nothing_waiting(cli, core_api):
+    from consolidation.dev import api_server
+
+    url, home = core_api
+    out = cli("approve", "--user", "approver", "--airflow-url", url, "--reason", "looks good",
+              env={"CONSOLIDATION_AIRFLOW_PASSWORD": "not-the-password"})
+    assert out.returncode == 1 and "HTTP 401" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = cli("approve", "--user", "approver", "--airflow-url", url, "--reason", "looks good", "--request", "999",
+              env={"CONSOLIDATION_AIRFLOW_PASSWORD": api_server.passwords(home)["approver"]})
+    assert out.returncode == 1 and "no 4D approval is waiting in Airflow for request 999" in out.stderr
 
 
 def test_status_shows_gates_and_the_pending_request(db, migrated, cli):
@@ -176,8 +187,22 @@ def test_stale_approval_is_refused_naming_the_changed_step(db, migrated):
         check(db, req.id)
 
 
+def test_a_response_on_changed_data_is_refused_naming_the_step(db, migrated):
+    req = ask(db, migrated[1])
+    changed = next(s for s in PLAN.steps if s.action == "delete" and (s.stated_rows or 0) > 0)
+    with psycopg.connect(db) as conn:  # the data changes while the request waits
+        conn.execute(f"DELETE FROM {changed.source} WHERE ctid = (SELECT min(ctid) FROM {changed.source})")
+    out = respond(db, PLAN, req.id)
+    assert "stale" in str(out.failure) and changed.name in str(out.failure)
+    assert row(db, req.id)["status"] == "refused"
+
+
 def test_expired_approval_is_refused(db, migrated):
     req = ask(db, migrated[1])
+    late = respond(db, PLAN, req.id, at=datetime.now(timezone.utc) - timedelta(hours=25))
+    assert "older than its validity of 24 h" in str(late.failure)  # a response older than its validity
+    assert row(db, req.id)["status"] == "expired"
+    req = ask(db, migrated[1], run_id="4d-run-2")
     approve(db, req.id)
     with psycopg.connect(db) as conn:
         conn.execute("UPDATE operational.consolidation_approvals SET decided_at = decided_at - interval '25 hours' "
@@ -190,100 +215,43 @@ def test_expired_approval_is_refused(db, migrated):
         check(db, req.id, validity_hours=48)
 
 
-# ------------------------------------------------------------------ UI (approval DAG)
-def test_ui_decision_records_the_triggering_user_not_a_name_in_the_conf(db, migrated, run_dag):
-    req = ask(db, migrated[1])
-    state = run_dag("phase4d_cleanup_approval", db,
-                    conf={"decision": "approve", "reason": "looks good", "by": "mallory", "approver": "mallory"})
-    assert state == "success"
-    r = row(db, req.id)
-    # dag.test() runs as the user "dag_test": the authenticated trigger, not the conf's name
-    assert (r["status"], r["decided_by"], r["decided_via"], r["reason"]) == ("approved", "dag_test", "ui", "looks good")
-    assert r["decided_in_run"]
-    with psycopg.connect(db) as conn:
-        everything = conn.execute("SELECT (SELECT json_agg(a)::text FROM operational.consolidation_approvals a) || "
-                                  "(SELECT json_agg(l)::text FROM operational.consolidation_ledger l)").fetchone()[0]
-    assert "mallory" not in everything
-    assert check(db, req.id) == "approved"
+# ------------------------------------------------------------------ the waiting task (CleanupApproval)
+def _complete(db, req, event_, **kw):
+    """CleanupApproval.execute_complete, as Airflow resumes the parked task with the response."""
+    from consolidation.airflow.approval import CleanupApproval
+
+    task = CleanupApproval(task_id="wait_for_approval", request_task_id="open_request")
+    with task_db(db):
+        return task.execute_complete(task_context("approval_test", "manual__4d", user="operator"), event_,
+                                     request_id=req.id, fingerprint=req.fingerprint, assigned=["approver"],
+                                     triggered_by="operator", **kw)
 
 
-def test_ui_rejection_and_refusal(db, migrated):
-    """The approval DAG's task body, as its runs call it: a rejection is recorded as the triggering
-    user; with nothing pending the task fails with the reason (recorded); no user, no decision."""
-    from consolidation.airflow import tasks
+def test_the_waiting_task_fails_on_timeout_rejection_and_unassigned_and_continues_on_approval(db, migrated):
+    from airflow.sdk.exceptions import AirflowFailException
 
-    req = ask(db, migrated[1])
-    run = {"dag_id": "phase4d_cleanup_approval", "user": "reviewer"}
-    done = call_task(tasks.record_decision, db, run_id="manual__reject", params={
-        "request": req.id, "decision": "reject", "reason": "wait for the 4C services"}, **run)
-    assert (done["request_id"], done["status"], done["decided_by"]) == (req.id, "rejected", "reviewer")
-    with pytest.raises(ApprovalRefused, match="rejected by reviewer.*wait for the 4C services"):
-        check(db, req.id)
-    # nothing pending any more: the task fails with the reason, nothing is recorded
-    with pytest.raises(ApprovalRefused, match="no pending approval request"):
-        call_task(tasks.record_decision, db, run_id="manual__again",
-                  params={"decision": "approve", "reason": "looks good"}, **run)
-    assert row(db, req.id)["status"] == "rejected"
-    entries = approval_ledger(db)
-    assert [e["name"] for e in entries] == ["approval_request", "reject", "decision_refused"]
-    assert entries[-1]["triggered_by"] == "reviewer" and "no pending approval request" in entries[-1]["message"]
-    # a run nobody triggered (no authenticated user) cannot decide anything
-    second = ask(db, migrated[1], run_id="4d-run-2")
-    with pytest.raises(ApprovalRefused, match="no triggering user"):
-        call_task(tasks.record_decision, db, dag_id="phase4d_cleanup_approval", user=None,
-                  params={"decision": "approve", "reason": "looks good"})
-    assert row(db, second.id)["status"] == "pending"
+    from consolidation.airflow.approval import CleanupApproval
 
+    task = CleanupApproval(task_id="w", request_task_id="open_request")  # no default: a timeout never approves
+    assert task.options == ["Approve", "Reject"] and not task.defaults and "reason" in task.params
 
-# ------------------------------------------------------------------ sensor
-class _TI:
-    """The part of a task instance the sensor uses: the request task's XCom (and reschedule state)."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def xcom_pull(self, task_ids=None, **_):
-        assert task_ids == "ask_for_approval"
-        return self.value
-
-    def get_first_reschedule_date(self, context):
-        return None
-
-
-def test_sensor_waits_for_the_table_only_and_fails_on_rejection(db, migrated, monkeypatch):
-    from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException, AirflowSensorTimeout
-
-    from consolidation.airflow.sensors import CleanupApprovalSensor
-
-    monkeypatch.setenv("CONSOLIDATION_DB_URL", db)
-    req = ask(db, migrated[1])
-    sensor = CleanupApprovalSensor(task_id="wait_for_approval", request_task_id="ask_for_approval",
-                                   timeout_hours="72")
-    assert sensor.mode == "reschedule"
-    # a run whose conf and params say "approve" is still waiting: only the table decides
-    context = {"ti": _TI({"request_id": req.id}), "params": {"decision": "approve", "approved": True},
-               "dag_run": type("Run", (), {"conf": {"decision": "approve", "by": "mallory"}})()}
-    assert sensor.poke(context) is False
-    with pytest.raises(AirflowRescheduleException):  # waiting holds no worker slot
-        sensor.execute(context)
-    assert sensor.timeout == 72 * 3600
-    impatient = CleanupApprovalSensor(task_id="w", request_task_id="ask_for_approval", timeout_hours="0")
-    with pytest.raises(AirflowSensorTimeout):
-        impatient.execute(context)
-    # the run gave up: its request is no longer pending, and cannot be approved any more
+    req = ask(db, migrated[1])  # nobody responded before the timeout: never an approval
+    with pytest.raises(AirflowFailException, match="no decision before the approval timeout; nothing is dropped"):
+        _complete(db, req, {"error": "timed out"})
     assert row(db, req.id)["status"] == "expired"
-    with psycopg.connect(db) as conn, pytest.raises(ApprovalRefused, match="not pending"):
-        approvals.decide(conn, PLAN, request_id=req.id, decision="approve", by="alice", via="cli", reason="too late")
+    late = respond(db, PLAN, req.id)  # the request cannot be approved any more
+    assert late.failure is not None and row(db, req.id)["status"] != "approved"
 
     req = ask(db, migrated[1], run_id="4d-run-2")
-    approve(db, req.id)
-    assert sensor.poke({"ti": _TI(req.id)}) is True
+    with pytest.raises(AirflowFailException, match="mallory responded but is not an assigned approver"):
+        _complete(db, req, event(user="mallory"))
+    assert row(db, req.id)["status"] == "refused"
 
-    rejected = ask(db, migrated[1], run_id="4d-run-3")
-    with psycopg.connect(db) as conn:
-        approvals.decide(conn, PLAN, request_id=rejected.id, decision="reject", by="bob", via="cli",
-                         reason="the 4C services still read splits")
-    with pytest.raises(AirflowFailException, match="rejected by bob.*the 4C services still read splits"):
-        sensor.poke({"ti": _TI(rejected.id)})
-    with pytest.raises(AirflowFailException, match="no approval request id"):
-        sensor.poke({"ti": _TI(None)})
+    req = ask(db, migrated[1], run_id="4d-run-3")
+    with pytest.raises(AirflowFailException, match="rejected by approver.*the 4C services still read splits"):
+        _complete(db, req, event(option="Reject", reason="the 4C services still read splits"))
+
+    req = ask(db, migrated[1], run_id="4d-run-4")
+    decision = _complete(db, req, event())
+    assert (decision["request_id"], decision["responded_by"]) == (req.id, "approver")
+    assert row(db, req.id)["status"] == "approved"

@@ -6,13 +6,14 @@ database and a fresh copy of the legacy fixture as consolidation_db. Debian's ch
 (/usr/bin/chromium), driven by the `playwright` package (never `playwright install`):
 
 1. the operator signs in and triggers 4A, 4B and 4C from their trigger forms; each run succeeds;
-2. the operator triggers 4D; it stops at the approval sensor (up for reschedule) and waits;
-3. the approver signs in; the approval form refuses to submit while empty; filled in
-   (approve + reason), its run succeeds; 4D then backs up, drops and passes its gate;
+2. the operator triggers 4D; it parks in its human-in-the-loop approval (Required Actions);
+3. the operator's own response is refused by Airflow (403: not assigned); the approver responds
+   through the same REST API (`consolidation approve --user approver`, not yet by clicking in
+   Required Actions); 4D then backs up, drops and passes its gate;
 4. the approver opens the completion report from the UI's menu (Plugins > Consolidation).
 
 Screenshots of every step go to artifacts/e2e/ (git-ignored). Afterwards the database says the
-same: the request approved by `approver` via the UI, the legacy schemas gone.
+same: the request approved by `approver` via Airflow, the legacy schemas gone.
 
 Skipped, with the reason, when the `playwright` package or /usr/bin/chromium is missing
 (.ci/run installs both).
@@ -23,6 +24,8 @@ import importlib.util
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -113,6 +116,7 @@ def test_operator_and_approver_carry_phase_4_through_the_ui(make_db, legacy_db, 
 
     from psycopg import sql
 
+    from consolidation import api
     from consolidation.dev import local_airflow
     from consolidation.core.ledger import tool_ident
     from consolidation.core.db import connect
@@ -145,34 +149,36 @@ def test_operator_and_approver_carry_phase_4_through_the_ui(make_db, legacy_db, 
                     op.wait_run(dag_id, run["dag_run_id"], "Success", name)
                     timings[name] = time.monotonic() - t
 
-                # 2. 4D waits for a person (poke every 15 s: shorter intervals race Airflow's
-                #    executor events for reschedule-mode sensors)
+                # 2. 4D waits for a person: parked in Airflow's human-in-the-loop (Required Actions)
                 t = time.monotonic()
-                form = op.open_trigger_form("phase4d_legacy_cleanup")
-                form.get_by_label("approval_poke_seconds").fill("15")
-                cleanup = op.submit(form, "4d")
-                assert cleanup["conf"]["approval_poke_seconds"] == 15
+                cleanup = op.submit(op.open_trigger_form("phase4d_legacy_cleanup"), "4d")
                 run_4d = cleanup["dag_run_id"]
-                badge = op.run_badge("phase4d_legacy_cleanup", run_4d)
-                expect(op.task_badge("wait_for_approval")).to_have_text("Up For Reschedule", timeout=PHASE_TIMEOUT_MS)
-                expect(badge).to_have_text("Running")
+                passwords = af.passwords()
+                approver_token = api.airflow_token(af.url, "approver", passwords["approver"])
+                deadline = time.monotonic() + PHASE_TIMEOUT_MS / 1000
+                while not (waiting := api.pending_approvals(af.url, approver_token)):
+                    assert time.monotonic() < deadline, "4D never asked for an approval"
+                    time.sleep(2)
+                assert waiting[0]["task_instance"]["dag_run_id"] == run_4d
+                expect(op.run_badge("phase4d_legacy_cleanup", run_4d)).to_have_text("Running")
                 expect(op.task_badge("backup")).to_have_text("No Status")
                 op.shot("4d-waiting-for-approval")
                 timings["4d until waiting"] = time.monotonic() - t
 
-                # 3. the approver decides with the form
+                # 3. the operator (who triggered it) cannot approve; the approver does, through the
+                #    REST API Required Actions calls, with the CLI a person uses (not yet clicked in the UI)
                 t = time.monotonic()
+                refused = api.respond(af.url, api.airflow_token(af.url, "operator", passwords["operator"]),
+                                      "approve", "operator approving their own run")
+                assert "HTTP 403" in str(refused.failure), refused.failure
+                done = subprocess.run([sys.executable, "-m", "consolidation", "approve", "--user", "approver",
+                                       "--airflow-url", af.url, "--reason",
+                                       "e2e: 4A-4C gates passed; reconciliation reviewed"],
+                                      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                                      env=dict(os.environ, CONSOLIDATION_AIRFLOW_PASSWORD=passwords["approver"]))
+                assert done.returncode == 0, done.stderr
                 ap = Ui(browser, af, "approver", shots)
                 ap.sign_in()
-                form = ap.open_trigger_form("phase4d_cleanup_approval")
-                expect(form.get_by_test_id("trigger-dag-submit")).to_be_disabled()  # decision, reason required
-                form.get_by_role("combobox").click()
-                ap.page.get_by_role("option", name="approve", exact=True).click()
-                form.locator("input[name=element_reason]").fill("e2e: 4A-4C gates passed; reconciliation reviewed")
-                expect(form.get_by_test_id("trigger-dag-submit")).to_be_enabled()
-                approval = ap.submit(form, "approval")
-                assert approval["conf"]["decision"] == "approve"
-                ap.wait_run("phase4d_cleanup_approval", approval["dag_run_id"], "Success", "approval")
                 ap.wait_run("phase4d_legacy_cleanup", run_4d, "Success", "4d")
                 timings["4d after approval"] = time.monotonic() - t
 
@@ -197,5 +203,5 @@ def test_operator_and_approver_carry_phase_4_through_the_ui(make_db, legacy_db, 
             tool_ident(plan, "approvals")), (run_4d,)).fetchall()
         legacy_left = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)",
                                    ([s for s in plan.legacy_schemas if s != "public"],)).fetchall()
-    assert decided == [("approved", "approver", "ui")]
+    assert decided == [("approved", "approver", "airflow")]
     assert legacy_left == []

@@ -34,6 +34,7 @@ from consolidation.core import ledger
 from consolidation.core.embedded import bin_path
 
 from conftest import REPO_ROOT
+from hitl_helpers import respond
 from phase_helpers import PLAN, call_task, snapshot, table_md5
 
 pytestmark = pytest.mark.runtime
@@ -218,40 +219,39 @@ def test_server_restart_during_4b_then_rerun_equals_a_clean_run(own_server):
 D = "phase4d_legacy_cleanup"
 CLEANUP_CODE = """
     import os, time
+    from hitl_helpers import respond
     from phase_helpers import PLAN, call_task
-    from consolidation import api
     from consolidation.airflow import tasks
-    from consolidation.core import db
     dsn = os.environ['CONSOLIDATION_DB_URL']
     kw = dict(dag_id='phase4d_legacy_cleanup', run_id='manual__first', user='alice')
     call_task(tasks.acquire_lease, dsn, **kw)
     call_task(tasks.require_gate, dsn, phase='4D', **kw)
     call_task(tasks.preflight, dsn, **kw)
     req = call_task(tasks.open_request, dsn, **kw)
-    with db.connect(dsn) as c:
-        assert api.decide(c, PLAN, 'approve', by='owner', reason='reviewed the gates', request_id=req).ok
-        assert api.approval_state(c, PLAN, req, validity_hours=24) == 'approved'
-    call_task(tasks.backup, dsn, xcom={'open_request': req}, **kw)
+    out = respond(dsn, PLAN, req, triggered_by='alice', run_id='manual__first')  # Airflow's HITL response
+    assert out.ok, out.failure
+    xcom = {'open_request': req, 'wait_for_approval': out.value}
+    call_task(tasks.backup, dsn, xcom=xcom, **kw)
     for schema in list(PLAN.legacy_schemas)[:2]:
-        call_task(tasks.drop, dsn, schema=schema, **kw)
+        call_task(tasks.drop, dsn, schema=schema, xcom=xcom, **kw)
     print('DROPPED', flush=True)
     time.sleep(600)
 """
 
 
 def cleanup(dsn: str, run_id: str) -> dict:
-    """A whole 4D run through its task bodies, approved from the command line's function."""
+    """A whole 4D run through its task bodies, approved by Airflow's HITL response (as the waiting task gets it)."""
     kw = {"dag_id": D, "run_id": run_id, "user": "bob"}
     call_task(tasks.acquire_lease, dsn, **kw)
     call_task(tasks.require_gate, dsn, phase="4D", **kw)
     pre = call_task(tasks.preflight, dsn, **kw)
     req = call_task(tasks.open_request, dsn, **kw)
-    with psycopg.connect(dsn) as c:
-        assert api.decide(c, PLAN, "approve", by="owner", reason="reviewed the resumed cleanup", request_id=req).ok
-        assert api.approval_state(c, PLAN, req, validity_hours=24) == "approved"
-    call_task(tasks.backup, dsn, xcom={"open_request": req}, **kw)
+    out = respond(dsn, PLAN, req, triggered_by="bob", run_id=run_id, reason="reviewed the resumed cleanup")
+    assert out.ok, out.failure
+    xcom = {"open_request": req, "wait_for_approval": out.value}
+    call_task(tasks.backup, dsn, xcom=xcom, **kw)
     for schema in PLAN.legacy_schemas:
-        call_task(tasks.drop, dsn, schema=schema, **kw)
+        call_task(tasks.drop, dsn, schema=schema, xcom=xcom, **kw)
     call_task(tasks.gate, dsn, phase="4D", **kw)
     report = call_task(tasks.report, dsn, **kw)
     call_task(tasks.release_lease, dsn, **kw)

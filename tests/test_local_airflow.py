@@ -50,8 +50,8 @@ def _operator_runs_4a(af, legacy_db):
         af.trigger("phase4b_data_migration", token, {"dry_run": "yes"})
     assert bad.value.status == 400 and "dry_run" in bad.value.body
     with pytest.raises(local_airflow.AirflowApiError) as bad:
-        af.trigger("phase4d_cleanup_approval", token, {"decision": "maybe", "reason": "looked at it"})
-    assert bad.value.status == 400 and "decision" in bad.value.body
+        af.trigger("phase4d_legacy_cleanup", token, {"approval_timeout_hours": -1})
+    assert bad.value.status == 400 and "approval_timeout_hours" in bad.value.body
 
     run_id = af.trigger("phase4a_schema_extension", token)
     run = af.wait_run("phase4a_schema_extension", run_id, token, timeout=600)

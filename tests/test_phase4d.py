@@ -1,5 +1,6 @@
-"""Phase 4D against the real server: one full DAG run (approved from the command line while the
-sensor waits) whose cleaned database several tests inspect - backups that restore to identical
+"""Phase 4D against the real server: one full DAG run (approved by the approver with
+`consolidation approve --user` through Airflow's REST API while the HITL task waits) whose
+cleaned database several tests inspect - backups that restore to identical
 checksums, the completion report - and the rollback DAG after it. Refusals (a failed 4C gate,
 a stale fingerprint, a rejection, unplanned objects, late rows) go through the engine functions
 and task bodies the DAG runs, on clones of the 4C stage.
@@ -13,21 +14,19 @@ import os
 import re
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from consolidation import api
 from consolidation.airflow import tasks
 from consolidation.checks import gates as phases
 from consolidation.core import ledger
 from consolidation.phases import backup, cleanup
 
 from conftest import REPO_ROOT, read_only, state_folder
-from phase_helpers import EVERYTHING, PLAN, call_task, record_gate, snapshot, table_md5, task_context, task_db
+from hitl_helpers import respond
+from phase_helpers import EVERYTHING, PLAN, call_task, record_gate, snapshot, table_md5
 
 DAG = "phase4d_legacy_cleanup"
 FAST = {"approval_timeout_hours": 0.5}
@@ -39,43 +38,6 @@ def cli(*args: str, dsn: str):
     env = dict(os.environ, CONSOLIDATION_DB_URL=dsn)
     return subprocess.run([sys.executable, "-m", "consolidation", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=180)
-
-
-class Decider:
-    """Decides on the cleanup request from another thread while dag.test() runs the sensor:
-    waits for a pending request, then calls the CLI."""
-
-    def __init__(self, dsn, decision="approve", reason="reviewed the 4B gate and backups"):
-        self.dsn, self.decision, self.reason = dsn, decision, reason
-        self.result = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.thread.join(timeout=120)
-
-    def _pending(self):
-        with psycopg.connect(self.dsn) as conn:
-            if not conn.execute("SELECT to_regclass('operational.consolidation_approvals')").fetchone()[0]:
-                return None
-            row = conn.execute("SELECT id FROM operational.consolidation_approvals WHERE status = 'pending'").fetchone()
-            return row[0] if row else None
-
-    def _run(self):
-        try:
-            deadline = time.monotonic() + 300
-            while (req := self._pending()) is None:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("no approval request appeared")
-                time.sleep(0.5)
-            self.result = cli(self.decision, "--by", "owner", "--reason", self.reason, "--request", str(req),
-                              dsn=self.dsn)
-        except BaseException as exc:  # reported by the test
-            self.error = exc
 
 
 def request_rows(dsn):
@@ -95,19 +57,10 @@ def approvals_table(dsn) -> str | None:
         return conn.execute("SELECT to_regclass('operational.consolidation_approvals')").fetchone()[0]
 
 
-def poke(dsn: str, request_id: int):
-    """The DAG's approval sensor, poked once for `request_id` (as its task instance would)."""
-    from consolidation.airflow.sensors import CleanupApprovalSensor
-
-    sensor = CleanupApprovalSensor(task_id="wait_for_approval", request_task_id="open_request", validity_hours=24)
-    with task_db(dsn):
-        return sensor.poke(task_context(DAG, xcom={"open_request": request_id}))
-
-
 # ------------------------------------------------------------------ the full run
 @pytest.fixture(scope="module")
 def cleaned(template_4c, make_session_db, clone_pool, run_dag, core_api, tmp_path_factory):
-    """One full 4D run on a copy of the 4C stage, approved from the CLI while the sensor waits."""
+    """One full 4D run on a copy of the 4C stage, approved with the CLI through Airflow while it waits."""
     dsn = make_session_db(template=template_4c.name)
     before = snapshot(dsn, PLAN.legacy_schemas)
     targets_before = snapshot(dsn, PLAN.consolidated_schemas)
@@ -139,12 +92,12 @@ def test_full_cleanup_drops_only_after_approval_and_backup(cleaned):
             assert (s in schemas) == (not legacy.drop_schema), s
         # public is kept (plan default) and empty
         assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace").fetchone()[0] == 0
-        # the approval: requested, approved from the CLI by 'owner', verified, before the first backup
+        # the approval: requested, approved in Airflow by 'approver', verified, before the first backup
         req = request_rows(dsn)[-1]
         assert (req["status"], req["decided_by"], req["decided_via"]) == ("approved", "approver", "airflow")
         events = ledger.rows(conn, PLAN, "run_id = %s", (cleaned["run_id"],))
         order = [(r["kind"], r["name"]) for r in events]
-        verified = order.index(("approval", "approval_verified"))  # the sensor re-checked the data's fingerprint
+        verified = order.index(("approval", "approval_verified"))  # the waiting task re-checked the data's fingerprint
         first_backup = next(i for i, (k, n) in enumerate(order) if k == "backup")
         first_drop = next(i for i, (k, _) in enumerate(order) if k == "ddl")
         approved_at = next(r["finished_at"] for r in ledger.rows(conn, PLAN, "kind = 'approval' AND name = 'approve'"))
@@ -275,26 +228,23 @@ def test_4d_refuses_unless_the_latest_4c_gate_passed(db_4c):
         call_task(tasks.require_gate, db_4c, dag_id=DAG, phase="4D")  # the DAG's first task
     legacy_intact(db_4c, before)
     with psycopg.connect(db_4c) as conn:
-        assert not ledger.rows(conn, PLAN, "phase = '4D'")  # refused before the inventory
+        # refused before the inventory (the run's lease, issue 13, is all it left)
+        assert not ledger.rows(conn, PLAN, "phase = '4D' AND name <> 'lease'")
     assert approvals_table(db_4c) is None
 
 
-def test_stale_fingerprint_refuses_and_nothing_is_backed_up(db_4c, cli):
-    """The data changes after the request; the approval given on the old data is refused by
-    the sensor, and the backup task refuses the request too."""
+def test_stale_fingerprint_refuses_and_nothing_is_backed_up(db_4c):
+    """The data changes after the request; the approval Airflow records on the old data is
+    refused by the waiting task, and the backup task refuses the request too."""
+    call_task(tasks.acquire_lease, db_4c, dag_id=DAG, run_id="manual__stale")  # as the DAG's first task does
     request_id = call_task(tasks.open_request, db_4c, dag_id=DAG, run_id="manual__stale")
     with psycopg.connect(db_4c) as conn:
         conn.execute("UPDATE backtesting.threshold_configurations SET threshold = threshold + 1 WHERE id = 3")
-    out = cli("approve", "--by", "owner", "--reason", "reviewed the 4B gate and backups", "--request",
-              str(request_id), dsn=db_4c)
-    assert out.returncode == 0, out.stderr
-    from airflow.sdk.exceptions import AirflowFailException
-
-    with pytest.raises(AirflowFailException, match="copy__backtesting__threshold_configurations"):
-        poke(db_4c, request_id)
+    out = respond(db_4c, PLAN, request_id, run_id="manual__stale")
+    assert "copy__backtesting__threshold_configurations" in str(out.failure), out.failure
     req = request_rows(db_4c)[-1]
     assert req["status"] == "refused" and "copy__backtesting__threshold_configurations" in req["refusal"]
-    with pytest.raises(RuntimeError, match="not approved; nothing is backed up or dropped"):
+    with pytest.raises(RuntimeError, match="nothing is backed up or dropped"):
         call_task(tasks.backup, db_4c, dag_id=DAG, run_id="manual__stale", xcom={"open_request": request_id})
     with psycopg.connect(db_4c) as conn:
         assert conn.execute("SELECT count(*) FROM backtesting.threshold_configurations").fetchone()[0] == 12
@@ -306,6 +256,7 @@ def test_unplanned_table_blocks_before_asking_and_survives(db_4c):
         conn.execute("CREATE TABLE backtesting.keep_me (id int PRIMARY KEY, note text)")
         conn.execute("INSERT INTO backtesting.keep_me VALUES (1, 'not in the plan')")
     before = snapshot(db_4c, PLAN.legacy_schemas)
+    call_task(tasks.acquire_lease, db_4c, dag_id=DAG)
     with pytest.raises(cleanup.CleanupBlocked, match="backtesting.keep_me"):
         call_task(tasks.preflight, db_4c, dag_id=DAG, params=FAST)
     legacy_intact(db_4c, before)
@@ -382,6 +333,7 @@ def test_late_row_blocks_and_is_named(db_4c):
     with psycopg.connect(db_4c) as conn:
         conn.execute(LATE_ROW)
     before = snapshot(db_4c, PLAN.legacy_schemas)
+    call_task(tasks.acquire_lease, db_4c, dag_id=DAG)
     with pytest.raises(cleanup.CleanupBlocked, match="resync_late_rows=true"):
         call_task(tasks.preflight, db_4c, dag_id=DAG, params=FAST)  # resync_late_rows defaults to false
     legacy_intact(db_4c, before)
@@ -394,12 +346,11 @@ def test_late_row_blocks_and_is_named(db_4c):
     assert approvals_table(db_4c) is None
 
 
-def test_late_row_resynced_then_rejection_ends_the_wait(db_4c, cli):
+def test_late_row_resynced_then_rejection_ends_the_wait(db_4c):
     """resync_late_rows=true: the 4B step runs again, the reconciliation is re-proven, and the
-    request's fingerprint is the re-synced data's. Then the owner rejects: the sensor fails at
-    its next poke (long before any timeout) and the backup refuses; nothing is backed up or dropped."""
-    from airflow.sdk.exceptions import AirflowFailException
-
+    request's fingerprint is the re-synced data's. Then the approver rejects in Airflow: the
+    waiting task fails with the reason (long before any timeout) and the backup refuses; nothing
+    is backed up or dropped."""
     from consolidation.checks.reconcile import digest
     from consolidation.phases.approvals import fingerprint
 
@@ -407,16 +358,15 @@ def test_late_row_resynced_then_rejection_ends_the_wait(db_4c, cli):
         conn.execute(LATE_ROW)
     before = snapshot(db_4c, PLAN.legacy_schemas)
     run = {"dag_id": DAG, "run_id": "manual__resync", "params": FAST | {"resync_late_rows": True}}
+    call_task(tasks.acquire_lease, db_4c, **run)
     out = call_task(tasks.preflight, db_4c, **run)
     assert out["resynced"] == ["copy__tracking__strategy_integration_log"]
     request_id = call_task(tasks.open_request, db_4c, **run)
-    assert poke(db_4c, request_id) is False  # pending: the sensor waits
-    res = cli("reject", "--by", "owner", "--reason", "the services team is not ready", "--request", str(request_id),
-              dsn=db_4c)
-    assert res.returncode == 0, res.stderr
-    with pytest.raises(AirflowFailException, match="rejected by owner.*the services team is not ready"):
-        poke(db_4c, request_id)
-    with pytest.raises(RuntimeError, match="is rejected, not approved; nothing is backed up or dropped"):
+    assert request_rows(db_4c)[-1]["status"] == "pending"  # the waiting task waits
+    out = respond(db_4c, PLAN, request_id, option="Reject", reason="the services team is not ready",
+                  run_id="manual__resync")
+    assert re.search("rejected by approver.*the services team is not ready", str(out.failure)), out.failure
+    with pytest.raises(RuntimeError, match="nothing is backed up or dropped"):
         call_task(tasks.backup, db_4c, xcom={"open_request": request_id}, **run)
     legacy_intact(db_4c, before)
     with psycopg.connect(db_4c) as conn:
@@ -426,23 +376,28 @@ def test_late_row_resynced_then_rejection_ends_the_wait(db_4c, cli):
         assert ledger.latest(conn, PLAN, phase="4D", kind="gate", name="reconcile_4D")["status"] == "success"
         req = request_rows(db_4c)[-1]
         assert req["fingerprint"] == fingerprint(PLAN, digest(conn, PLAN))
-        assert (req["status"], req["decided_by"], req["reason"]) == ("rejected", "owner", "the services team is not ready")
+        assert (req["status"], req["decided_by"], req["reason"]) == ("rejected", "approver", "the services team is not ready")
         states = dict(conn.execute(
             "SELECT name, status FROM operational.consolidation_ledger WHERE run_id = %s", (req["run_id"],)).fetchall())
         assert "gate_4D" not in states and "report" not in states
 
 
 def test_the_dag_waits_for_the_approval_before_anything_destructive(dag_bag):
-    """What makes a refusal above end the run: every destructive task is downstream of the sensor
+    """What makes a refusal above end the run: every destructive task is downstream of the approval
     and runs only when everything before it succeeded (default trigger rule), without retries."""
     dag = dag_bag.dags[DAG]
-    assert dag.get_task("require_4C_gate").upstream_task_ids == set()
+    assert dag.get_task("require_4C_gate").upstream_task_ids == {"acquire_lease"}  # the lease first (issue 13)
     assert dag.get_task("wait_for_approval").upstream_task_ids == {"open_request"}
-    assert dag.get_task("wait_for_approval").mode == "reschedule"
+    from consolidation.airflow.approval import CleanupApproval
+
+    assert isinstance(dag.get_task("wait_for_approval"), CleanupApproval)  # parked in Required Actions
     destructive = [t for t in dag.tasks if t.task_id == "backup" or t.task_id.endswith(".drop")]
     assert len(destructive) == 1 + len(PLAN.legacy_schemas)
     for t in destructive:
         assert "wait_for_approval" in t.get_flat_relative_ids(upstream=True), t.task_id
         assert t.trigger_rule == "all_success" and t.retries == 0, t.task_id
     for t in dag.tasks:
+        if t.task_id == "release_lease":  # the lease's teardown: runs after a failure too, decides nothing
+            assert t.is_teardown and t.trigger_rule == "all_done_setup_success"
+            continue
         assert t.trigger_rule == "all_success", t.task_id

@@ -172,21 +172,12 @@ def test_foreign_key_onto_a_pre_existing_target_with_a_unique_index_is_carried(d
         assert not any("not unique" in n for n in child.notes), child.notes
 
 
-@pytest.mark.skip(reason="not run yet: dags/phase4d_legacy_cleanup.py is being moved to Airflow HITL approval "
-                         "(issue 11) and did not import while this was written; remove this mark once it does")
-def test_realapp_4a_to_4d_through_the_dags(run_dag, make_db, monkeypatch, tmp_path):
+def test_realapp_4a_to_4d_through_the_dags(run_dag, core_api, make_db, monkeypatch, tmp_path):
     """The Done-when of issue 10: the second fixture runs 4A to 4D through the DAGs, lost = 0, the
-    quarantined rows listed (approved from another thread while the sensor waits)."""
-    import threading
-    import time
-
-    from consolidation.core import db
-    from consolidation.core.plan import load_plan
-    from consolidation.phases import approvals
+    quarantined rows listed (approved by the approver through Airflow's REST API while 4D waits)."""
     from test_realapp import FOUND, account
 
     monkeypatch.setenv("CONSOLIDATION_PLAN", PLAN_FILE)
-    plan = load_plan(PLAN_FILE)
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(str(realapp.PLAN_FILE.parents[2] / "dags"))
@@ -199,28 +190,14 @@ def test_realapp_4a_to_4d_through_the_dags(run_dag, make_db, monkeypatch, tmp_pa
         books = account(conn)  # the test's own accounting, before the legacy tables go
     assert {t: b["lost"] for t, b in books.items()} == {t: 0 for t in FOUND}, books
     assert run_dag("phase4c_service_updates", dsn, {"export_dir": str(tmp_path / "export")}, dags=bag.dags) == "success"
-    decided = {}
+    from test_hitl_approval import Responder  # the operator is refused (403), the approver's CLI approves
 
-    def approve():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and "ok" not in decided:
-            with db.connect(dsn) as conn:
-                if conn.execute("SELECT to_regclass('ops.consolidation_approvals')").fetchone()[0]:
-                    row = conn.execute("SELECT id FROM ops.consolidation_approvals WHERE status = 'pending'").fetchone()
-                    if row:
-                        approvals.decide(conn, plan, request_id=row[0], decision="approve", by="owner", via="cli",
-                                         reason="quarantine reviewed")
-                        decided["ok"] = True
-                        return
-            time.sleep(0.5)
-
-    t = threading.Thread(target=approve, daemon=True)
-    t.start()
-    conf = {"approval_poke_seconds": 1, "approval_timeout_hours": 0.05,
-            "backup_dir": str(tmp_path / "backup"), "report_dir": str(tmp_path / "report")}
-    assert run_dag("phase4d_legacy_cleanup", dsn, conf, dags=bag.dags) == "success"
-    t.join(timeout=60)
-    assert decided.get("ok")
+    conf = {"approval_timeout_hours": 0.25, "backup_dir": str(tmp_path / "backup"), "report_dir": str(tmp_path / "report")}
+    with Responder(*core_api, dsn) as r:
+        state = run_dag("phase4d_legacy_cleanup", dsn, conf, dags=bag.dags)
+    assert r.error is None, r.error
+    assert r.cli.returncode == 0, r.cli.stderr
+    assert state == "success"
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname IN ('scraper', 'wagers')").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM ops.consolidation_quarantine").fetchone()[0] == 6

@@ -14,7 +14,7 @@ from consolidation.core import ledger
 from consolidation.core.session import created_targets
 from consolidation.phases import extend, rollback
 
-from phase_helpers import EVERYTHING, PLAN, call_task, engine_4a, engine_4b, snapshot as _snapshot, table_md5
+from phase_helpers import EVERYTHING, PLAN, call_task, leased, engine_4a, engine_4b, snapshot as _snapshot, table_md5
 
 DAG = "phase4_rollback"
 
@@ -25,11 +25,12 @@ def snapshot(dsn: str) -> dict:
 
 
 def run_rollback(dsn: str, run_id: str = "manual__rollback") -> dict:
-    """The DAG's three tasks, in order, as its run calls them; the last one's value."""
+    """The DAG's tasks, in order, as its run calls them (inside the run's lease); undo's value."""
     run = {"dag_id": DAG, "run_id": run_id}
-    call_task(tasks.assess, dsn, **run)
-    call_task(tasks.restore_legacy, dsn, **run)
-    return call_task(tasks.undo_migration, dsn, **run)
+    with leased(dsn, DAG, run_id):
+        call_task(tasks.assess, dsn, **run)
+        call_task(tasks.restore_legacy, dsn, **run)
+        return call_task(tasks.undo_migration, dsn, **run)
 
 
 def test_rollback_before_cleanup_gives_back_the_pre_phase4_database(db_4b, legacy_db):

@@ -85,8 +85,10 @@ def test_one_changed_row_is_named_by_key_through_the_recursion(db_4b):
     with pytest.raises(GateFailed) as exc:
         run_gate(db_4b, "4B")
     failed = {(r.check.table, r.check.name): r for r in exc.value.result.failures()}
+    # values_equal names the changed row's column too; nothing else is blamed
     assert set(failed) == {(step.target, "rows_present"), (step.target, "counts_reconcile"),
-                           (step.target, "no_unexpected_rows")}  # nothing else is blamed
+                           (step.target, "no_unexpected_rows"), (step.target, "values_equal")}
+    assert failed[(step.target, "values_equal")].observed == 1  # the changed row, by key and column
     assert failed[(step.target, "rows_present")].observed == 2  # the changed and the deleted row
     assert failed[(step.target, "no_unexpected_rows")].observed == 1  # the changed row's new value
 

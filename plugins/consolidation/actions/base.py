@@ -216,18 +216,21 @@ class Action:
             return key_in(spec, source_rows)
         return sql.SQL("TRUE")
 
-    def projection(self, plan: Plan, step: Step, spec: TargetSpec) -> tuple[sql.Composed, sql.Composed, list[str]]:
+    def projection(self, plan: Plan, step: Step, spec: TargetSpec, *,
+                   quarantined: bool = True) -> tuple[sql.Composed, sql.Composed, list[str]]:
         """(source side, target side, key) that reconciliation compares row by row.
 
         Each side is `SELECT <key...>, h`: the key columns plus a 64-bit hash of the compared columns,
         both cast to the target's types; the source without its quarantined rows (one row per
         remaining source row: reconcile.checksums takes its count as the read count), the target
-        restricted to the rows of this step.
+        restricted to the rows of this step. quarantined=False: the caller saw no quarantined row
+        of this step, so the source side carries no quarantine filter (whose per-row subplan also
+        keeps PostgreSQL from scanning in parallel: 2x slower, benchmarks/bench_floor.py).
         """
         types = {f.target: f.type for f in spec.flows[step.name]}
         cmp_cols = [f.target for f in self.compared_columns(step, spec)]
         key = list(spec.key)
-        rows = projected_source(step, spec, source_ident(step), not_quarantined(plan, step))
+        rows = projected_source(step, spec, source_ident(step), not_quarantined(plan, step) if quarantined else None)
         key_sel = sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier("r", k)) for k in key)
         src = sql.SQL("SELECT {}{} AS h FROM ({}) AS r").format(key_sel, row_hash(cmp_cols, "r", types), rows)
         tkey_sel = sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier("t", k)) for k in key)

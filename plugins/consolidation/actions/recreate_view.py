@@ -64,7 +64,7 @@ class RecreateViewAction(Action):
                 if action_of(d).moves_rows and d.target_schema == step.target_schema]
 
     # -- proves: whole rows, no key -------------------------------------------------
-    def projection(self, plan, step, spec):
+    def projection(self, plan, step, spec, *, quarantined=True):
         return row_hashes(source_ident(step), "s"), row_hashes(spec.ident, "t"), []
 
     def gate_checks(self, plan, step, spec, source_side):

@@ -1,3 +1,3 @@
 """What Airflow runs: the task bodies (tasks) over consolidation.api, their one wrapper
 (runtime), the database connection (connection), the DAG header and TaskGroups (dags), the
-approval sensor (sensors), the nightly failure notifier (notify)."""
+4D's human-in-the-loop approval (approval), the nightly failure notifier (notify)."""

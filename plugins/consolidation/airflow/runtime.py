@@ -17,7 +17,6 @@ from functools import cached_property
 from typing import Any, Callable
 
 from consolidation.airflow.connection import task_dsn
-from consolidation import api
 from consolidation.api import Outcome
 from consolidation.api.runs import LEASED_DAGS
 from consolidation.core import db
@@ -76,14 +75,14 @@ LEASE_TASKS = {"acquire_lease", "release_lease"}
 
 def lease_for(t: TaskRun) -> None:
     """A task of a DAG that changes the database works only while its run holds the lease:
-    renewed now (LeaseRefused if the run lost it), and the run's advisory lock held until
-    the task ends, so the lease counts as alive while it works, however long."""
-    from consolidation.core.runs.lease import hold
+    renewed now, or taken again when free (a task cleared after the run ended); LeaseRefused,
+    naming the holder, when another run has it. The run's advisory lock is held until the
+    task ends, so the lease counts as alive while it works, however long."""
+    from consolidation.core.runs.lease import acquire, hold
 
     with db.connect(t.dsn) as conn:
-        out = api.lease_renew(conn, t.plan, run_id=t.info.run_id, phase=LEASED_DAGS[t.info.dag_id])
-    if out.failure is not None:
-        raise out.failure
+        acquire(conn, t.plan, phase=LEASED_DAGS[t.info.dag_id], run_id=t.info.run_id, user=t.info.user,
+                dag=t.info.dag_id)
     t._stack.enter_context(hold(t.dsn, t.info.run_id))
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from consolidation.api.outcome import Outcome
 from consolidation.checks.reconcile import digest
-from consolidation.core.ledger import operator_name
 from consolidation.core.runs import lease as leases
 from consolidation.core.runs.dropped import dropped_schemas
 from consolidation.core.runs.interrupted import describe, interruptions
@@ -145,8 +144,8 @@ def status(conn, plan: Plan) -> Outcome:
         for r in st["pending"]:
             lines.append(f"pending request {r['id']} (4D run {r['run_id']}, asked by {r['requested_by'] or '-'}, "
                          f"{_age(r['age_seconds'])} ago): fingerprint {r['fingerprint']}")
-        lines.append("decide: python -m consolidation approve|reject --by NAME --reason TEXT "
-                     "(or Browse > Required Actions in the Airflow UI)")
+        lines.append("decide: Browse > Required Actions in the Airflow UI, or consolidation approve|reject "
+                     "--user NAME --reason TEXT (as an assigned approver, through Airflow's REST API)")
     else:
         latest = st["latest_request"]
         tail = ""

@@ -30,10 +30,10 @@ class Sides:
     key: list[str]
 
 
-def sides(plan: Plan, step: Step, spec: TargetSpec) -> Sides:
+def sides(plan: Plan, step: Step, spec: TargetSpec, *, quarantined: bool = True) -> Sides:
     """Source and target projections of one step, comparable row by row (the step's action
     says what is compared: Action.projection)."""
-    return Sides(*action_for(step).projection(plan, step, spec))
+    return Sides(*action_for(step).projection(plan, step, spec, quarantined=quarantined))
 
 
 def missing_rows(s: Sides) -> sql.Composed:
@@ -60,9 +60,9 @@ def count_query(plan: Plan, step: Step, s: Sides) -> sql.Composed:
 def checksums(conn, plan: Plan, step: Step, spec: TargetSpec) -> dict:
     """Each side's checksum in one order-free scan; when they differ, the rows missing from
     the target are counted inside the differing segments only (checks.segments)."""
-    s = sides(plan, step, spec)
     quarantined = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE step = {}").format(
         tool_ident(plan, "quarantine"), sql.Literal(step.name))).fetchone()[0]
+    s = sides(plan, step, spec, quarantined=quarantined > 0)
     src_sum, src_n = conn.execute(checksum_query(s.source)).fetchone()
     tgt_sum, tgt_n = conn.execute(checksum_query(s.target)).fetchone()
     # A source side holds one row per unquarantined source row (Action.projection), so with

@@ -60,7 +60,7 @@ def _print_logins(af: LocalAirflow) -> None:
     passwords = af.passwords()
     print(f"\nAirflow UI: {af.url}  (log in with one of)")
     for user, role in USERS.items():
-        what = "triggers the phase DAGs" if user == "operator" else "approves the cleanup (DAG phase4d_cleanup_approval)"
+        what = "triggers the phase DAGs" if user == "operator" else "approves 4D's cleanup (Browse > Required Actions)"
         print(f"  {user:<9} password {passwords[user]:<14} role {role:<6} {what}")
     print(f"passwords file: {af.passwords_file}; logs and pids: {af.run_dir}; stop with `make airflow-stop`")
 

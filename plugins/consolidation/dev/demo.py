@@ -85,38 +85,39 @@ def run(args) -> int:
 
 
 def _run_cleanup_with_cli_approval(dsn: str, log_path: Path) -> str:
-    """4D waits in its approval sensor; the demo approves from the command line meanwhile."""
-    import getpass
+    """4D parks in its human-in-the-loop approval; Airflow's core API is served from this process
+    on the same metadata database (dev.api_server), and the demo approves as a person would:
+    `consolidation approve --user approver` over HTTP, Airflow checking that approver is assigned."""
     import json
 
-    from consolidation.phases import approvals
+    from consolidation import api
+    from consolidation.dev import api_server
 
-    plan = _plan()
     dag_id = "phase4d_legacy_cleanup"
+    home = Path(os.environ["AIRFLOW_HOME"])
+    # the API's per-request access lines (the demo polls every 2 s) would bury the demo's own output
+    os.environ.setdefault("AIRFLOW__LOGGING__NAMESPACE_LEVELS", "http.access=WARNING")
     print(f"\n== airflow dags test {dag_id} (destructive: waits for an approval) ...", flush=True)
     started = time.monotonic()
     cmd = [sys.executable, "-m", "airflow", "dags", "test", dag_id, "--conf",
-           json.dumps({"approval_poke_seconds": 2, "approval_timeout_hours": 0.25})]
-    with open(log_path, "a", encoding="utf-8") as log:
+           json.dumps({"approval_timeout_hours": 0.25})]
+    with api_server.serve(home) as url, open(log_path, "a", encoding="utf-8") as log:
+        password = api_server.passwords(home)["approver"]
         log.write(f"\n\n===== {' '.join(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        request = None
-        while proc.poll() is None and request is None:
+        token = api.airflow_token(url, "approver", password)
+        waiting = []
+        while proc.poll() is None and not waiting:
             time.sleep(2)
-            with db.connect(dsn) as conn:
-                if approvals.table_exists(conn, plan):
-                    found = approvals.pending(conn, plan)
-                    request = found[0] if found else None
-        if request is not None:
-            who = getpass.getuser()
-            print(f"   the sensor is waiting for approval of request {request.id} "
-                  f"(fingerprint {request.fingerprint[:16]}...)")
-            approve = [sys.executable, "-m", "consolidation", "approve", "--by", who, "--reason",
-                       "make demo: backups verified by the DAG, reconciliation digest unchanged"]
-            print(f"   approving from the command line while it waits:\n     python -m consolidation approve "
-                  f"--by {who} --reason \"make demo: ...\"")
-            env = dict(os.environ, CONSOLIDATION_DB_URL=dsn)
+            waiting = api.pending_approvals(url, token)
+        if waiting:
+            print(f"   waiting in Airflow's Required Actions: {waiting[0]['subject']}")
+            approve = [sys.executable, "-m", "consolidation", "approve", "--user", "approver", "--airflow-url", url,
+                       "--reason", "make demo: backups verified by the DAG, reconciliation digest unchanged"]
+            print(f"   approving as the approver through Airflow's REST API while it waits:\n     consolidation "
+                  f"approve --user approver --airflow-url {url} --reason \"make demo: ...\"")
+            env = dict(os.environ, CONSOLIDATION_AIRFLOW_PASSWORD=password)
             done = subprocess.run(approve, env=env, capture_output=True, text=True)
             print("   " + (done.stdout.strip() or done.stderr.strip()).replace("\n", "\n   "))
         proc.wait()

@@ -200,8 +200,8 @@ def decide(conn, plan: Plan, *, request_id: int | None, decision: str, by: str, 
            decision_run_id: str | None = None) -> Request:
     """Record a person's decision on a pending request (None = the single pending one).
 
-    `by` is who decided as the channel authenticated them: the Airflow user who
-    triggered the approval DAG (ui), or --by beside the OS user and database role (cli).
+    `by` is who decided as the channel authenticated them (4D's approvals come from Airflow's
+    HITL response through hitl.response; this path remains for the rollback's own rejection).
     db_role defaults to the session's current_user. A refused attempt raises
     ApprovalRefused and is itself recorded in the ledger (decision_refused).
     """

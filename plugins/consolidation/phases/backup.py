@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -80,6 +81,19 @@ def _run(args: list[str], env: dict, what: str) -> subprocess.CompletedProcess:
         err = (proc.stderr or proc.stdout).strip()
         raise BackupFailed(f"{what} failed (exit {proc.returncode}): {err[-2000:]}")
     return proc
+
+
+COMPRESSIONS = {"default": [], "none": ["--compress=0"]}
+
+
+def compression() -> str:
+    """CONSOLIDATION_BACKUP_COMPRESSION: `default` (pg_dump's, gzip) or `none` (faster to
+    write and read, about 10x larger; the bundled pg_dump has neither lz4 nor zstd)."""
+    raw = (os.environ.get("CONSOLIDATION_BACKUP_COMPRESSION") or "default").strip().lower()
+    if raw not in COMPRESSIONS:
+        raise BackupFailed(f"CONSOLIDATION_BACKUP_COMPRESSION={raw!r} is not one of {', '.join(COMPRESSIONS)}; "
+                           "unset it (pg_dump's default compression) or set `none`; nothing was dumped or dropped")
+    return raw
 
 
 def _bin(name: str) -> str:
@@ -197,6 +211,7 @@ def take_backup(dsn: str, plan: Plan, folder: Path, *, run_id: str, user: str | 
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     private(folder)  # also when it existed before
     env = pg_env(dsn)
+    compress = compression()  # refused before anything is dumped
     archives: list[Archive] = []
     with psycopg.connect(dsn, connect_timeout=10) as snap:
         snap.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -217,8 +232,8 @@ def take_backup(dsn: str, plan: Plan, folder: Path, *, run_id: str, user: str | 
                 if schema not in present:
                     continue
                 path = folder / f"{safe_name(schema)}.dump"
-                _run([_bin("pg_dump"), "--format=custom", f"--schema={schema}", f"--snapshot={snapshot}",
-                      "--no-password", f"--file={path}"], env, f"pg_dump of schema {schema}")
+                _run([_bin("pg_dump"), "--format=custom", *COMPRESSIONS[compress], f"--schema={schema}",
+                      f"--snapshot={snapshot}", "--no-password", f"--file={path}"], env, f"pg_dump of schema {schema}")
                 private(path)
                 archives.append(Archive(schema, str(path), path.stat().st_size, sha256_of(path), 0, sums[schema]))
     # every archive is checked readable and complete before anything may be dropped
@@ -234,6 +249,7 @@ def take_backup(dsn: str, plan: Plan, folder: Path, *, run_id: str, user: str | 
                           name=f"backup:{a.schema}", source=a.schema, target=a.path, triggered_by=user,
                           message=f"{a.schema}: {len(a.tables)} table(s), {a.bytes:,} bytes, sha256 {a.sha256}",
                           details=asdict(a) | {"snapshot": snapshot, "fingerprint": fp, "format": "custom",
+                                               "compression": compress,
                                                "manifest": str(folder / "manifest.json")})
         ledger.record(conn, plan, status=ledger.SUCCESS, run_id=run_id, phase=PHASE, kind="run",
                       name="baseline", triggered_by=user,

@@ -12,7 +12,7 @@ usable from a shell or a test):
    way the 4B gate checks are run as a Great Expectations checkpoint (ledger: phase
    4D, gate `reconcile_4D`) and must pass before anyone is asked.
 2. An approval request bound to the fingerprint of the data (approvals.open_request
-   with reconcile.digest), and the wait for a person's decision (CleanupApprovalSensor).
+   with reconcile.digest), and the wait for a person's decision (airflow.approval.CleanupApproval, Airflow HITL).
 3. The backup (backup.take_backup): the approved fingerprint is re-computed in the
    snapshot the archives are dumped from; every table's checksum is recorded.
 4. `drop_schema_objects`, one legacy schema per transaction: the schema's planned

@@ -113,7 +113,10 @@ def build_schema(actions: dict[str, tuple[list[str], list[str]]]) -> dict:
     they must hold)}, in the order `action:` lists them (core.plan.schema_actions())."""
     per_action = []
     for name, (keys, required) in actions.items():
-        then: dict[str, Any] = {"properties": {k: {"$ref": f"#/$defs/step_keys/{k}"} for k in sorted(keys)}}
+        # a key this module does not describe is one an action added: its parse() checks the value
+        then: dict[str, Any] = {"properties": {
+            k: {"$ref": f"#/$defs/step_keys/{k}"} if k in STEP_KEYS else {"description": f"checked by the {name} action"}
+            for k in sorted(keys)}}
         if required:
             then["required"] = list(required)
         per_action.append({"if": {"properties": {"action": {"const": name}}, "required": ["action"]},
