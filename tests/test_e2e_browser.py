@@ -160,8 +160,9 @@ def test_operator_and_approver_carry_phase_4_through_the_ui(make_db, legacy_db, 
                     assert time.monotonic() < deadline, "4D never asked for an approval"
                     time.sleep(2)
                 assert waiting[0]["task_instance"]["dag_run_id"] == run_4d
-                expect(op.run_badge("phase4d_legacy_cleanup", run_4d)).to_have_text("Running")
-                expect(op.task_badge("backup")).to_have_text("No Status")
+                # the run page renders slowly on a loaded machine: wait as long as for a phase's state
+                expect(op.run_badge("phase4d_legacy_cleanup", run_4d)).to_have_text("Running", timeout=PHASE_TIMEOUT_MS)
+                expect(op.task_badge("backup")).to_have_text("No Status", timeout=PHASE_TIMEOUT_MS)
                 op.shot("4d-waiting-for-approval")
                 timings["4d until waiting"] = time.monotonic() - t
 
