@@ -60,6 +60,7 @@ class Ui:
         self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
         self.context.set_default_timeout(30_000)
         self.page = self.context.new_page()
+        self.page.set_default_timeout(60_000)
 
     def shot(self, name: str) -> None:
         path = ARTIFACTS / f"{len(self.shots) + 1:02d}-{name}.png"
@@ -136,6 +137,8 @@ def test_operator_and_approver_carry_phase_4_through_the_ui(make_db, legacy_db, 
     try:
         af.start(timeout=400)
         timings["airflow ready"] = time.monotonic() - started
+        # a loaded CI machine renders pages in seconds, not milliseconds: no 5 s default waits
+        expect.set_options(timeout=60_000)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             try:
