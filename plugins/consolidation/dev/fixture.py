@@ -176,7 +176,7 @@ def is_empty(conn_or_dsn: psycopg.Connection | str | None = None) -> bool:
     A database that was already consolidated (legacy schemas gone, consolidated
     ones present) is not empty either: building the fixture there would fail.
     """
-    with _connection(conn_or_dsn) as conn:
+    with open_connection(conn_or_dsn) as conn:
         return not present_objects(conn)
 
 
@@ -194,7 +194,7 @@ def build(
     already in one, which then commits it): on any error nothing is left behind.
     """
     _check_scale(scale)
-    with _connection(conn_or_dsn) as conn:
+    with open_connection(conn_or_dsn) as conn:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             present = present_objects(conn)
@@ -253,7 +253,8 @@ def _check_scale(scale: int) -> None:
 
 
 @contextmanager
-def _connection(conn_or_dsn) -> Iterator[psycopg.Connection]:
+def open_connection(conn_or_dsn) -> Iterator[psycopg.Connection]:
+    """The given connection, or a new one to the DSN (closed afterwards)."""
     if isinstance(conn_or_dsn, psycopg.Connection):
         yield conn_or_dsn
         return

@@ -20,14 +20,13 @@ work of its own, and tests of the rest can opt out of them.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import psycopg
 from psycopg import sql
 
-from consolidation.core import config, db
+from consolidation.core import config
+from consolidation.dev.fixture import open_connection
 
 LEGACY_SCHEMAS = ("scraper", "wagers")
 APPLICATION_SCHEMAS = ("betting", "ingest")  # consolidated schemas the application made itself
@@ -72,7 +71,7 @@ def build(conn_or_dsn: psycopg.Connection | str | None = None, *, trigger: bool 
           unplanned: bool = True) -> dict[str, int]:
     """Build the realapp database into an empty one; return rows per table."""
     files = list(BASE_FILES) + ([TRIGGER_FILE] if trigger else []) + ([UNPLANNED_FILE] if unplanned else [])
-    with _connection(conn_or_dsn) as conn:
+    with open_connection(conn_or_dsn) as conn:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             present = [r[0] for r in conn.execute(
@@ -90,12 +89,3 @@ def build(conn_or_dsn: psycopg.Connection | str | None = None, *, trigger: bool 
             names = list(LEGACY_ROWS) + list(APPLICATION_ROWS) + (list(UNPLANNED_ROWS) if unplanned else [])
             return {n: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
                 sql.Identifier(*n.split(".")))).fetchone()[0] for n in names}
-
-
-@contextmanager
-def _connection(conn_or_dsn) -> Iterator[psycopg.Connection]:
-    if isinstance(conn_or_dsn, psycopg.Connection):
-        yield conn_or_dsn
-        return
-    with db.connect(conn_or_dsn) as conn:
-        yield conn
