@@ -18,12 +18,11 @@ import pendulum
 from airflow.sdk import task
 
 from consolidation.airflow import tasks
-from consolidation.airflow.dags import consolidation_dag, nightly_schedule, schema_groups
+from consolidation.airflow.dags import consolidation_dag, dag_plan, nightly_schedule, schema_groups
 from consolidation.airflow.notify import NightlyFailureNotifier
-from consolidation.core.plan import load_plan
 from consolidation.phases.nightly import DAG_ID, HISTORY
 
-plan = load_plan()  # a YAML read: no database at parse time
+plan, refused = dag_plan()  # a YAML read: no database at parse time; a refused plan still parses
 schedule = nightly_schedule()  # from the environment at parse time (a ValueError names a wrong variable)
 
 with consolidation_dag(
@@ -35,6 +34,7 @@ with consolidation_dag(
     schedule=schedule.timetable,
     start_date=pendulum.datetime(2026, 1, 1, tz=schedule.tz),
     on_failure_callback=NightlyFailureNotifier(),
+    refused=refused,
 ) as dag:
     prepare = task(task_id="prepare")(tasks.nightly_prepare)()
     groups = schema_groups(plan.consolidated_schemas, "checks of {schema}", lambda schema: task(

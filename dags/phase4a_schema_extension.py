@@ -14,13 +14,13 @@ from __future__ import annotations
 from airflow.sdk import chain, task
 
 from consolidation.airflow import tasks
-from consolidation.airflow.dags import consolidation_dag, schema_groups
-from consolidation.core.plan import load_plan
+from consolidation.airflow.dags import consolidation_dag, dag_plan, schema_groups
 
-plan = load_plan()  # a YAML read: no database at parse time
+plan, refused = dag_plan()  # a YAML read: no database at parse time; a refused plan still parses
 
 with consolidation_dag("phase4a_schema_extension", __doc__, tags=["phase4"],
-                       description="Phase 4A: create what the plan needs in the consolidated schemas") as dag:
+                       description="Phase 4A: create what the plan needs in the consolidated schemas",
+                       refused=refused) as dag:
     inventory = task(task_id="inventory")(tasks.inventory)()
     prepare = task(task_id="prepare")(tasks.prepare_4a)()
     groups = schema_groups(plan.legacy_schemas, "targets fed by {schema}", lambda schema: task(

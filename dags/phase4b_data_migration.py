@@ -15,10 +15,9 @@ from __future__ import annotations
 from airflow.sdk import Param, chain, task
 
 from consolidation.airflow import tasks
-from consolidation.airflow.dags import airflow_id, consolidation_dag, display_name, schema_groups
-from consolidation.core.plan import load_plan
+from consolidation.airflow.dags import airflow_id, consolidation_dag, dag_plan, display_name, schema_groups
 
-plan = load_plan()  # a YAML read: no database at parse time
+plan, refused = dag_plan()  # a YAML read: no database at parse time; a refused plan still parses
 
 
 def steps_of(schema: str) -> list:
@@ -28,7 +27,8 @@ def steps_of(schema: str) -> list:
 with consolidation_dag("phase4b_data_migration", __doc__, tags=["phase4"],
                        description="Phase 4B: migrate every planned row, then prove it",
                        params={"dry_run": Param(False, type="boolean",
-                                                description="print each step's SQL instead of running it")}) as dag:
+                                                description="print each step's SQL instead of running it")},
+                       refused=refused) as dag:
     guard = task(task_id="require_4A_gate")(tasks.require_gate)(phase="4B")
     # Plan order, group after group: a DAG file cannot read the catalog, so the foreign-key order of
     # phases.migrate.execution_order (which `python -m consolidation sql --phase 4b` prints) is not

@@ -23,10 +23,9 @@ from __future__ import annotations
 from airflow.sdk import Param, chain, task
 
 from consolidation.airflow import tasks
-from consolidation.airflow.dags import consolidation_dag, schema_groups
-from consolidation.core.plan import load_plan
+from consolidation.airflow.dags import consolidation_dag, dag_plan, schema_groups
 
-plan = load_plan()  # a YAML read: no database at parse time
+plan, refused = dag_plan()  # a YAML read: no database at parse time; a refused plan still parses
 migrating = [s for s in plan.legacy_schemas if any(st.action != "delete" for st in plan.steps_for_schema(s))]
 
 with consolidation_dag(
@@ -38,6 +37,7 @@ with consolidation_dag(
     params={"export_dir": Param(None, type=["null", "string"],
                                 description="folder for registry.json (empty: $CONSOLIDATION_REGISTRY_DIR "
                                             "or .state/registry)")},
+    refused=refused,
 ) as dag:
     guard = task(task_id="require_4B_gate")(tasks.require_gate)(phase="4C")
     prepare = task(task_id="prepare_registry")(tasks.prepare_registry)()

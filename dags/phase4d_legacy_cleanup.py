@@ -35,11 +35,10 @@ from __future__ import annotations
 from airflow.sdk import Param, chain, task
 
 from consolidation.airflow import tasks
-from consolidation.airflow.dags import consolidation_dag, schema_groups
+from consolidation.airflow.dags import consolidation_dag, dag_plan, schema_groups
 from consolidation.airflow.approval import CleanupApproval
-from consolidation.core.plan import load_plan
 
-plan = load_plan()  # a YAML read: no database at parse time
+plan, refused = dag_plan()  # a YAML read: no database at parse time; a refused plan still parses
 
 with consolidation_dag(
     "phase4d_legacy_cleanup", __doc__, tags=["phase4", "destructive"],
@@ -56,6 +55,7 @@ with consolidation_dag(
         "report_dir": Param(None, type=["null", "string"],
                             description="folder for report.md/report.html (empty: CONSOLIDATION_REPORT_DIR/<run id>)"),
     },
+    refused=refused,
 ) as dag:
     guard = task(task_id="require_4C_gate")(tasks.require_gate)(phase="4D")
     preflight = task(task_id="preflight")(tasks.preflight)()

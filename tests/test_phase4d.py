@@ -9,6 +9,7 @@ Checksums here are computed test-side (table_md5), not by the engine.
 """
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -157,6 +158,10 @@ def test_report_lists_approval_gates_backups_and_is_self_contained(cleaned):
             assert gate in text
         assert "public.sbr_parsed_games" in text and "raw_data.sbr_parsed_games" in text
         assert "in the backup, dropped" in text  # the six test tables the plan deletes
+        # the DROP statements the approver was shown, as shown (the schemas are gone by now)
+        assert "DROP statements shown to the approver" in text
+        assert 'DROP TABLE "public"."sbr_parsed_games" RESTRICT;' in html.unescape(text)
+        assert 'DROP SCHEMA "splits" RESTRICT;' in html.unescape(text)
     with psycopg.connect(cleaned["dsn"]) as conn:
         for row in backup.latest_backups(conn, PLAN, cleaned["run_id"]).values():
             assert row["details"]["sha256"] in md and row["details"]["sha256"] in page

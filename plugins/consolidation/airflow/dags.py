@@ -1,5 +1,6 @@
-"""What every DAG file in dags/ shares: the DAG header, one TaskGroup per schema, and the
-nightly schedule read from the environment. Imported at parse time: no database, no engine."""
+"""What every DAG file in dags/ shares: the plan read at parse time, the DAG header, one
+TaskGroup per schema, and the nightly schedule read from the environment. Imported at parse
+time: no database (a YAML read at most)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,15 +12,38 @@ from typing import Any, Callable, Iterable
 import pendulum
 from airflow.sdk import DAG, CronTriggerTimetable, TaskGroup
 
+from consolidation.core.plan import Plan, PlanError, load_plan
+
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 _PLAIN_ID = re.compile(r"[a-z0-9_]+")
 _MAX_ID = 200  # Airflow's limit is 250 characters, a group's prefix included
 
 
+def dag_plan() -> tuple[Plan, str | None]:
+    """(plan, None) for a DAG file at parse time; when the plan file is refused, (an empty plan,
+    the refusal's one line). The DAG then still parses - a refused plan is not an import error
+    with a traceback in every DAG file - and shows the refusal on top of its description and
+    docs (`consolidation_dag(refused=...)`); any run of it fails at its first task with the
+    same line, as the task reads the plan again."""
+    try:
+        return load_plan(), None
+    except PlanError as exc:
+        refusal = "plan rejected: " + " ".join(str(exc).splitlines())
+        return Plan(name="(plan rejected)", description=refusal, consolidated_schemas={}, legacy_schemas={},
+                    tool_schema="consolidation", tool_prefix="", steps=[]), refusal
+
+
 def consolidation_dag(dag_id: str, doc: str, *, description: str, tags: Iterable[str], schedule=None,
-                      start_date=START, params: dict | None = None, **kwargs: Any) -> DAG:
+                      start_date=START, params: dict | None = None, refused: str | None = None,
+                      **kwargs: Any) -> DAG:
     """DAG(...) with the suite's header: triggered by hand unless a schedule is given, starting
-    2026-01-01, no catchup, one run at a time, tagged "consolidation", the docstring as doc_md."""
+    2026-01-01, no catchup, one run at a time, tagged "consolidation", the docstring as doc_md;
+    `refused` (dag_plan's refusal) goes on top of both description and doc_md, and the DAG is
+    tagged "plan-rejected" (its runs fail at their first task)."""
+    if refused:
+        description = f"{refused} | {description}"
+        doc = f"**{refused}**\n\nFix the plan file; every run of this DAG fails at its first task until then.\n\n{doc}"
+        tags = [*tags, "plan-rejected"]
     return DAG(dag_id=dag_id, description=description, schedule=schedule, start_date=start_date, catchup=False,
                max_active_runs=1, doc_md=doc, params=params, tags=["consolidation", *tags], **kwargs)
 

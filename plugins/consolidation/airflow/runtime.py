@@ -20,7 +20,28 @@ from consolidation.airflow.connection import task_dsn
 from consolidation.api import Outcome
 from consolidation.api.runs import LEASED_DAGS
 from consolidation.core import db
+from consolidation.core.errors import DatabaseUnreachable
 from consolidation.core.plan import Plan, PlanError, load_plan
+from consolidation.core.runs.lease import LeaseRefused
+from consolidation.actions.base import ActionError
+from consolidation.checks.gates import PhaseRefused
+from consolidation.checks.gx import GateFailed
+from consolidation.checks.inventory import InventoryBlocked
+from consolidation.phases.approvals import ApprovalRefused
+from consolidation.phases.backup import BackupFailed
+from consolidation.phases.cleanup import CleanupBlocked
+from consolidation.phases.extend import TargetConflict
+from consolidation.phases.migrate import StepFailed
+from consolidation.phases.nightly import NightlyFailed
+from consolidation.phases.registry import RegistryError
+from consolidation.phases.rollback import RollbackRefused
+
+# What the engine refuses with a message of its own (a blocked inventory, a failed gate, a lease
+# held by another run, ...): the task fails with that message as its last line, no traceback.
+# Anything else (a bug, a lost connection mid-statement) keeps its traceback.
+REFUSALS: tuple[type[BaseException], ...] = (
+    ActionError, ApprovalRefused, BackupFailed, CleanupBlocked, DatabaseUnreachable, GateFailed, InventoryBlocked,
+    LeaseRefused, NightlyFailed, PhaseRefused, RegistryError, RollbackRefused, StepFailed, TargetConflict)
 
 
 @dataclass
@@ -92,6 +113,13 @@ class TaskRefused(SystemExit):
     other exception gets a traceback. It is never retried into success: the plan must change."""
 
 
+def refuse(message: str):
+    """Fail the task with `message` in its log, no traceback; a refusal of several lines (an
+    inventory's findings) is printed whole, its first line is the task's exit message."""
+    print(message)
+    raise TaskRefused(message.splitlines()[0] if message.strip() else "refused") from None
+
+
 def task_body(body: Callable[..., Outcome]) -> Callable[..., Any]:
     """The task callable for `body(t, **kwargs)`; kwargs are the ones the DAG passes (e.g.
     legacy_schema=...), everything else Airflow passes is the context."""
@@ -106,11 +134,15 @@ def task_body(body: Callable[..., Outcome]) -> Callable[..., Any]:
                     lease_for(t)
                 outcome = body(t, **kwargs)
         except PlanError as exc:  # the plan cannot be run: its one line is the task's last word
-            message = "plan rejected: " + " ".join(str(exc).splitlines())
-            print(message)
-            raise TaskRefused(message) from None
+            refuse("plan rejected: " + str(exc))
+        except REFUSALS as exc:
+            refuse(str(exc) or type(exc).__name__)
         for line in outcome.lines:
             print(line)
+        if isinstance(outcome.failure, PlanError):
+            refuse("plan rejected: " + str(outcome.failure))
+        if isinstance(outcome.failure, REFUSALS):
+            refuse(str(outcome.failure) or type(outcome.failure).__name__)
         if outcome.failure is not None:
             raise outcome.failure
         return outcome.value

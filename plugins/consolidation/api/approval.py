@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from consolidation.api.outcome import Outcome
+from consolidation.core import ledger
 from consolidation.core.plan import Plan
 from consolidation.phases import approvals, rollback
 from consolidation.phases.approvals import ApprovalRefused
@@ -35,6 +36,13 @@ def approval_body(conn, plan: Plan, request_id: int, *, backup_dir: str | None, 
     drops = preview.drop_preview(conn, plan)
     body = preview.approval_body(req, drops, preview.quarantined(conn, plan),
                                  str(Path(backup_dir) if backup_dir else default_folder(run_id)))
+    # what the approver is shown, kept for the completion report (the schemas are gone by then)
+    ledger.record(conn, plan, status=ledger.SUCCESS, run_id=run_id, phase="4D", kind="approval",
+                  name="drop_preview", message=f"DROP statements shown with request {req.id}",
+                  details={"request_id": req.id, "schemas": {s: {"statements": e["statements"], "tables": e["tables"],
+                                                                 "blockers": e["blockers"]}
+                                                             for s, e in drops.items() if e["exists"]}})
+    conn.commit()
     return Outcome(value=body, data=req, lines=[f"approval body for request {req.id}:", body])
 
 

@@ -129,6 +129,10 @@ def collect(conn, plan: Plan, run_id: str | None = None) -> dict:
     drops = [{"what": f"{r['message']} (by earlier run {r['run_id']})", "at": r["finished_at"]}
              for r in rows if r["phase"] == "4D" and r["kind"] == "ddl" and r["run_id"] != run_id
              and r["status"] == ledger.SUCCESS and r["run_id"] in _resumed_from(of_run)] + drops
+    shown = next((r for r in reversed(of_run) if r["kind"] == "approval" and r["name"] == "drop_preview"), None)
+    drop_preview = [{"schema": schema, "statement": stmt, "request_id": (shown["details"] or {}).get("request_id")}
+                    for schema, e in ((shown or {}).get("details") or {}).get("schemas", {}).items()
+                    for stmt in e.get("statements", [])]
     interrupted = [{"phase": r["phase"], "run_id": r["run_id"], "what": f"{r['kind']} {r['name']}",
                     "started_at": r["started_at"], "noticed_at": r["finished_at"], "message": r["message"]}
                    for r in rows if r["status"] == ledger.INTERRUPTED]
@@ -148,7 +152,8 @@ def collect(conn, plan: Plan, run_id: str | None = None) -> dict:
     return {"plan": plan.name, "plan_sha256": plan.sha256, "run_id": run_id, "generated_at": datetime.now().astimezone(),
             "before": (inv or {}).get("details", {}).get("schemas"), "after": after, "steps": migrated,
             "conflicts": conflicts, "quarantine": quarantine, "gates": gates, "approvals": approvals,
-            "approval_events": approval_events, "backups": backups, "drops": drops, "durations": durations,
+            "approval_events": approval_events, "drop_preview": drop_preview, "backups": backups, "drops": drops,
+            "durations": durations,
             "interruptions": interrupted}
 
 
@@ -204,6 +209,9 @@ def _tables(data: dict) -> list[tuple[str, str, list[str], list[list]]]:
                   a["reason"] or a["refusal"] or "-", (a["fingerprint"] or "")[:16]] for a in data["approvals"]]))
     out.append(("approval_events", "Approval events", ["event", "status", "when", "by", "message"],
                 [[e["name"], e["status"], _fmt_time(e["at"]), e["by"], e["message"]] for e in data["approval_events"]]))
+    out.append(("drop_preview", "DROP statements shown to the approver (4D preview at request time)",
+                ["request", "schema", "statement"],
+                [[p["request_id"], p["schema"], p["statement"]] for p in data.get("drop_preview", [])]))
     out.append(("backups", "Backup files", ["schema", "file", "bytes", "sha256", "tables", "rows", "taken"],
                 [[b["schema"], b["file"], _n(b["bytes"]), b["sha256"], _n(b["tables"]), _n(b["rows"]),
                   _fmt_time(b["at"])] for b in data["backups"]]))
