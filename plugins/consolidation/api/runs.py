@@ -8,7 +8,10 @@ body in between renews it and holds the run's advisory lock while it works).
 """
 from __future__ import annotations
 
+from datetime import datetime
+
 from consolidation.api.outcome import Outcome
+from consolidation.core import ledger
 from consolidation.core.plan import Plan
 from consolidation.core.runs import lease as leases
 from consolidation.core.runs.interrupted import describe, interruptions, mark_interrupted
@@ -50,11 +53,14 @@ def lease_acquire(conn, plan: Plan, phase: str, *, run_id: str, user: str | None
     return Outcome(value={"lease": held.id, "run_id": run_id, "phase": phase}, lines=lines, data=held)
 
 
-def lease_renew(conn, plan: Plan, *, run_id: str, phase: str | None = None) -> Outcome:
+def lease_renew(conn, plan: Plan, *, run_id: str, phase: str | None = None, waiting_for: int | None = None,
+                until: datetime | None = None) -> Outcome:
     """The heartbeat of `run_id`'s lease (a waiting sensor calls it at each poke); the failure
-    is LeaseRefused when the run no longer holds it."""
+    is LeaseRefused when the run no longer holds it. The approval task passes `waiting_for`
+    (its request id) and `until` (the wait's deadline, None without a timeout) as it parks:
+    the lease stays alive while that request is pending, until then."""
     try:
-        held = leases.renew(conn, plan, run_id=run_id, phase=phase)
+        held = leases.renew(conn, plan, run_id=run_id, phase=phase, waiting_for=waiting_for, until=until)
     except LeaseRefused as exc:
         return Outcome(failure=exc)
     return Outcome(value=held.id, data=held, lines=[])
@@ -67,11 +73,36 @@ def lease_release(conn, plan: Plan, *, run_id: str) -> Outcome:
 
 
 def lease_holder(conn, plan: Plan) -> Outcome:
+    """Who holds the database's lease: holder, heartbeat age, whether a task of it is
+    connected, its pending approval (`consolidation lease`)."""
     held = leases.current(conn, plan)
     conn.commit()
-    return Outcome(value=held.as_dict() if held else None, data=held,
-                   lines=[f"lease: {held.holder()}, last heartbeat {held.heartbeat_age:.0f} s ago"
-                          + (", a task of it is running" if held.connected else "") if held else "lease: free"])
+    if held is None:
+        return Outcome(value=None, lines=["lease: free (no phase holds the database)"])
+    lines = [f"lease: {held.holder()}",
+             f"  last heartbeat: {held.heartbeat_age:.0f} s ago (taken over after {leases.stale_seconds():g} s "
+             "without one, unless connected or waiting for approval)",
+             f"  connected: {'yes, a task of it is working now' if held.connected else 'no'}",
+             "  pending approval: " + (held.wait() if held.waiting else
+                                       f"request {held.waiting_request}, its wait expired" if held.waiting_request
+                                       else "none")]
+    return Outcome(value=held.as_dict(), data=held, lines=lines)
+
+
+def lease_release_by_hand(conn, plan: Plan, *, run_id: str, by: str | None = None,
+                          reason: str | None = None) -> Outcome:
+    """`consolidation lease release --run RUN_ID [--reason TEXT]`: end the lease of a run that
+    is gone for good (its row becomes interrupted, with who and why; a lease_release ledger
+    row records it). The failure (LeaseRefused, one line saying how to proceed) when the run
+    holds no lease, a task of it is connected, or it waits on a pending cleanup request."""
+    who = by or ledger.operator_name()
+    try:
+        held = leases.release_by_hand(conn, plan, run_id=run_id, by=who, reason=reason)
+    except LeaseRefused as exc:
+        return Outcome(failure=exc)
+    return Outcome(value=held.id, data=held,
+                   lines=[f"lease of {held.holder()} released by {who}" + (f": {reason}" if reason else "")
+                          + "; the next phase takes the database"])
 
 
 def sweep_interrupted(conn, plan: Plan, *, by: str) -> Outcome:
