@@ -31,6 +31,7 @@ from consolidation.core import ledger
 from consolidation.core.ledger import tool_ident
 from consolidation.core.plan import Plan, Step
 from consolidation.core.spec import TargetSpec, source_ident
+from consolidation.phases.load import bulk
 
 
 @dataclass
@@ -49,7 +50,7 @@ def applies(action, step: Step, spec: TargetSpec, read: int) -> bool:
     return bool(step.batch_rows and action.batches and spec.source_pks.get(step.name) and read > step.batch_rows)
 
 
-def _key_types(conn, step: Step, pk: list[str]) -> list[str]:
+def key_types(conn, step: Step, pk: list[str]) -> list[str]:
     rows = dict(conn.execute(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
         "WHERE a.attrelid = %s::regclass AND a.attname = ANY(%s) AND NOT a.attisdropped",
@@ -57,13 +58,33 @@ def _key_types(conn, step: Step, pk: list[str]) -> list[str]:
     return [rows[c] for c in pk]
 
 
-def _bound(pk: list[str], types: list[str], values: list[str], op: str) -> sql.Composed:
+def bound(pk: list[str], types: list[str], values: list[str], op: str) -> sql.Composed:
     """ROW(s.k1, s.k2) <op> ROW(CAST('v1' AS t1), ...): literals, so the per-row path (which
     gets its SELECT as text) sees the same range; indexable as a row comparison."""
     return sql.SQL("ROW({}) {} ROW({})").format(
         sql.SQL(", ").join(sql.Identifier("s", c) for c in pk), sql.SQL(op),
         sql.SQL(", ").join(sql.SQL("CAST({} AS {})").format(sql.Literal(v), sql.SQL(t))
                            for v, t in zip(values, types)))
+
+
+def apply_where(conn, plan: Plan, step: Step, spec: TargetSpec, action, run_id: str, where: sql.Composable,
+                applier: sql.Composable) -> tuple[int, int, int]:
+    """The step's statement over the source rows matching `where` (alias s), inside the caller's
+    transaction; a failing statement is applied row by row (quarantine) over the same rows.
+    Returns (rows in the range, inserted, merged). Shared with phases.load.ranges."""
+    src = source_ident(step)
+    part = sql.SQL("(SELECT * FROM {} AS s WHERE {})").format(src, where)
+    n = conn.execute(sql.SQL("SELECT count(*) FROM {} AS s").format(part)).fetchone()[0]
+    try:
+        with conn.transaction():  # savepoint: a failing range goes row by row
+            ins, mer = conn.execute(action.statement(plan, step, spec, part, run_id)).fetchone()
+    except psycopg.Error:
+        select_sql = sql.SQL("SELECT to_jsonb(s) AS j FROM {} AS s").format(part).as_string(conn)
+        one_row = sql.SQL("jsonb_populate_record(NULL::{}, $1)").format(src)
+        apply_sql = action.statement(plan, step, spec, one_row, run_id).as_string(conn)
+        ins, mer, _ = conn.execute(sql.SQL("SELECT * FROM {}(%s, %s, %s, %s, %s, %s)").format(applier),
+                                   (select_sql, apply_sql, run_id, step.name, step.source, step.target)).fetchone()
+    return n, ins, mer
 
 
 def _resume_point(conn, plan: Plan, step: Step, entry_id: int) -> Progress | None:
@@ -98,7 +119,7 @@ def run(conn, plan: Plan, step: Step, spec: TargetSpec, action, run_id: str, ent
     conn.commit()
     src = source_ident(step)
     pk = spec.source_pks[step.name]
-    types = _key_types(conn, step, pk)
+    types = key_types(conn, step, pk)
     size = step.batch_rows
     lock = f"consolidation:{step.name}"
     p = _resume_point(conn, plan, step, entry_id)
@@ -115,9 +136,10 @@ def run(conn, plan: Plan, step: Step, spec: TargetSpec, action, run_id: str, ent
     pause = float(os.environ.get("CONSOLIDATION_BATCH_PAUSE") or 0)
     started, rows_at_start = time.monotonic(), p.rows_done
     while True:
-        lo = _bound(pk, types, p.last_key, ">") if p.last_key is not None else sql.SQL("TRUE")
+        lo = bound(pk, types, p.last_key, ">") if p.last_key is not None else sql.SQL("TRUE")
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
+            bulk.lock_parents(conn, spec, exclusive=False)  # in one order beside other steps (bulk.py)
             hi = conn.execute(sql.SQL("SELECT {} FROM {} AS s WHERE {} ORDER BY {} OFFSET {} LIMIT 1").format(
                 keys_text, src, lo, order, sql.Literal(size - 1))).fetchone()
             if hi is None:  # the last batch: every key above lo
@@ -128,19 +150,8 @@ def run(conn, plan: Plan, step: Step, spec: TargetSpec, action, run_id: str, ent
                     _record(conn, plan, entry_id, p, total, True)
                     break
                 hi = hi_key
-            where = sql.SQL("{} AND {}").format(lo, _bound(pk, types, list(hi), "<="))
-            batch = sql.SQL("(SELECT * FROM {} AS s WHERE {})").format(src, where)
-            n = conn.execute(sql.SQL("SELECT count(*) FROM {} AS s").format(batch)).fetchone()[0]
-            try:
-                with conn.transaction():  # savepoint: a failing batch goes row by row
-                    ins, mer = conn.execute(action.statement(plan, step, spec, batch, run_id)).fetchone()
-            except psycopg.Error:
-                select_sql = sql.SQL("SELECT to_jsonb(s) AS j FROM {} AS s").format(batch).as_string(conn)
-                one_row = sql.SQL("jsonb_populate_record(NULL::{}, $1)").format(src)
-                apply_sql = action.statement(plan, step, spec, one_row, run_id).as_string(conn)
-                ins, mer, _ = conn.execute(sql.SQL("SELECT * FROM {}(%s, %s, %s, %s, %s, %s)").format(applier),
-                                           (select_sql, apply_sql, run_id, step.name, step.source,
-                                            step.target)).fetchone()
+            where = sql.SQL("{} AND {}").format(lo, bound(pk, types, list(hi), "<="))
+            n, ins, mer = apply_where(conn, plan, step, spec, action, run_id, where, applier)
             p.batches += 1
             p.last_key, p.rows_done, p.inserted, p.merged = list(hi), p.rows_done + n, p.inserted + ins, p.merged + mer
             _record(conn, plan, entry_id, p, total, False)

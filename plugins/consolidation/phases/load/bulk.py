@@ -9,11 +9,16 @@ the step falls back to its per-row path with every constraint in place. Primary 
 unique constraints stay (other targets' foreign keys reference them; they also catch
 duplicate keys during the load). Definitions are the server's own (pg_get_constraintdef,
 pg_get_indexdef), re-applied verbatim, so names and options are kept.
+
+Dropping a foreign key locks the referenced table ACCESS EXCLUSIVE until the step commits:
+a step loading another child of that table waits for it (lock_parents takes those locks
+first, in one order, so steps running side by side wait and never deadlock).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import psycopg
 from psycopg import sql
 
 from consolidation.core.spec import TargetSpec
@@ -30,6 +35,32 @@ def applies(conn, spec: TargetSpec) -> bool:
     if spec.kind != "table" or not spec.created_by_plan:
         return False
     return not conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(spec.ident)).fetchone()[0]
+
+
+def lock_parents(conn, spec: TargetSpec, *, exclusive: bool) -> list[str]:
+    """Lock the tables the target's foreign keys reference, one by one in a fixed order (by oid),
+    before the step touches them otherwise; returns their names.
+
+    Steps run side by side in 4B. Dropping a foreign key (defer) takes an ACCESS EXCLUSIVE lock
+    on the referenced table too, and an insert's foreign-key checks take ROW SHARE locks on
+    the referenced tables in trigger order: two steps whose targets reference the same tables
+    in another order could each hold one and wait for the other (a deadlock, which would
+    send the victim's rows down the per-row path). Taken up front, in one order, by every
+    step (`exclusive` for a bulk load, ROW SHARE otherwise), the second step waits for the
+    first instead. Two steps into the same target never run at once (migrate.order_steps)."""
+    parents = conn.execute(
+        "SELECT DISTINCT c.confrelid::bigint, n.nspname, r.relname FROM pg_constraint c "
+        "JOIN pg_class r ON r.oid = c.confrelid JOIN pg_namespace n ON n.oid = r.relnamespace "
+        "WHERE c.conrelid = to_regclass(%s) AND c.contype = 'f' AND c.confrelid <> c.conrelid ORDER BY 1",
+        (spec.ident.as_string(conn),)).fetchall()
+    mode = sql.SQL("ACCESS EXCLUSIVE" if exclusive else "ROW SHARE")
+    for _, schema, table in parents:
+        try:
+            with conn.transaction():  # a savepoint; a granted lock stays with the transaction
+                conn.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(sql.Identifier(schema, table), mode))
+        except psycopg.errors.InsufficientPrivilege:
+            pass  # a table this role may only read: its checks take their lock as they go
+    return [f"{schema}.{table}" for _, schema, table in parents]
 
 
 def defer(conn, spec: TargetSpec) -> Deferred:
