@@ -96,7 +96,7 @@ TIERS = ("unit", "engine", "dag", "runtime")
 # Tests that start Airflow itself as processes (api-server, scheduler, Celery worker, a
 # browser). They exercise Airflow's executors, not the database server, so CI's second leg
 # (PostgreSQL 15) sets CONSOLIDATION_SKIP_RUNTIME=1 to keep within its time budget.
-RUNTIME_MODULES = {"test_local_airflow.py", "test_celery.py", "test_e2e_browser.py"}
+RUNTIME_MODULES = {"test_local_airflow.py", "test_celery.py", "test_e2e_browser.py", "test_run_phase.py"}
 
 
 def _tier(item) -> str:

@@ -206,8 +206,15 @@ def call_task(body, dsn: str, *, dag_id: str = "test_dag", run_id: str = "manual
               params: dict | None = None, conf: dict | None = None, xcom: dict | None = None, **kwargs):
     """A task body of consolidation.airflow.tasks called the way Airflow calls it (context as
     keywords, plus the DAG's own keyword arguments such as schema=...), against `dsn`."""
+    from consolidation.airflow.runtime import TaskRefused
+
     with task_db(dsn):
-        return body(**task_context(dag_id, run_id, user=user, params=params, conf=conf, xcom=xcom), **kwargs)
+        try:
+            return body(**task_context(dag_id, run_id, user=user, params=params, conf=conf, xcom=xcom), **kwargs)
+        except TaskRefused as exc:  # the task ended on an engine refusal (printed, no traceback): raise that
+            if exc.refusal is None:
+                raise
+            raise exc.refusal from None
 
 
 @contextmanager

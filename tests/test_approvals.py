@@ -255,3 +255,11 @@ def test_the_waiting_task_fails_on_timeout_rejection_and_unassigned_and_continue
     decision = _complete(db, req, event())
     assert (decision["request_id"], decision["responded_by"]) == (req.id, "approver")
     assert row(db, req.id)["status"] == "approved"
+
+
+def test_the_approval_form_asks_only_for_the_reason(dag_bag):
+    """Every param of the HITL task is a field of the Required Actions form, and an empty one blocks
+    its Approve/Reject buttons: the DAG's own params (backup_dir, ...) must not be among them."""
+    wait = dag_bag.dags["phase4d_legacy_cleanup"].get_task("wait_for_approval")
+    assert list(wait.params.keys()) == ["reason"]
+    assert wait.options == ["Approve", "Reject"] and not wait.multiple

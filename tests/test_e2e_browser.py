@@ -7,13 +7,16 @@ database and a fresh copy of the legacy fixture as consolidation_db. Debian's ch
 
 1. the operator signs in and triggers 4A, 4B and 4C from their trigger forms; each run succeeds;
 2. the operator triggers 4D; it parks in its human-in-the-loop approval (Required Actions);
-3. the operator's own response is refused by Airflow (403: not assigned); the approver responds
-   through the same REST API (`consolidation approve --user approver`, not yet by clicking in
-   Required Actions); 4D then backs up, drops and passes its gate;
+3. both open Browse > Required Actions and the request's subject (the waiting task's Required Action
+   tab: the fingerprint, every DROP statement, one field: Reason). The operator, who triggered the
+   run, fills the reason and clicks Approve: Airflow answers 403 (not assigned), the UI says Access
+   Denied. The approver clicks Approve: Airflow records them as responder; 4D then backs up, drops
+   and passes its gate;
 4. the approver opens the completion report from the UI's menu (Plugins > Consolidation).
 
 Screenshots of every step go to artifacts/e2e/ (git-ignored). Afterwards the database says the
-same: the request approved by `approver` via Airflow, the legacy schemas gone.
+same: the request approved by `approver` via Airflow with the reason typed in the browser, the
+legacy schemas gone. Timings (about 8 min on a loaded machine) are printed with -s.
 
 Skipped, with the reason, when the `playwright` package or /usr/bin/chromium is missing
 (.ci/run installs both).
@@ -24,8 +27,6 @@ import importlib.util
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -111,6 +112,35 @@ class Ui:
         row = self.page.get_by_role("row").filter(has=self.page.get_by_role("link", name=task_id, exact=True))
         return row.get_by_test_id("state-badge")
 
+    def open_required_action(self, run_id: str) -> None:
+        """Browse > Required Actions, the row of `run_id`'s request, its subject: the waiting task's
+        Required Action tab (the body, the Reason field, Approve / Reject)."""
+        from playwright.sync_api import expect
+
+        page = self.page
+        page.goto(self.af.url + "/")
+        page.get_by_role("button", name="Browse").click()
+        page.get_by_role("menuitem", name="Required Actions").click()
+        row = page.get_by_role("row").filter(has_text=run_id)
+        expect(row.get_by_text("Approval Required")).to_be_visible()
+        self.shot(f"{self.user}-required-actions")
+        row.get_by_role("link", name=re.compile(r"^Approve the legacy cleanup: request \d+")).click()
+        expect(page.get_by_test_id("hitl-option-Approve")).to_be_visible()
+
+    def respond(self, option: str, reason: str):
+        """Fill the Reason, click `option`: Airflow's answer to the request the UI sends (PATCH hitlDetails)."""
+        from playwright.sync_api import expect
+
+        page = self.page
+        # the form's labels are not bound to their inputs (Airflow 3.3 UI): the field group holding the label
+        field = page.get_by_role("group").filter(has=page.get_by_text("Reason", exact=True)).get_by_role("textbox")
+        field.fill(reason)
+        button = page.get_by_test_id(f"hitl-option-{option}")
+        expect(button).to_be_enabled()
+        with page.expect_response(lambda r: r.url.endswith("/hitlDetails") and r.request.method == "PATCH") as resp:
+            button.click()
+        return resp.value
+
 
 def test_operator_and_approver_carry_phase_4_through_the_ui(make_db, legacy_db, tmp_path):
     from playwright.sync_api import expect, sync_playwright
@@ -123,6 +153,7 @@ def test_operator_and_approver_carry_phase_4_through_the_ui(make_db, legacy_db, 
     from consolidation.core.db import connect
     from consolidation.core.plan import load_plan
 
+    plan = load_plan()
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
     shots: list[str] = []
@@ -169,20 +200,37 @@ def test_operator_and_approver_carry_phase_4_through_the_ui(make_db, legacy_db, 
                 op.shot("4d-waiting-for-approval")
                 timings["4d until waiting"] = time.monotonic() - t
 
-                # 3. the operator (who triggered it) cannot approve; the approver does, through the
-                #    REST API Required Actions calls, with the CLI a person uses (not yet clicked in the UI)
+                # 3. Required Actions: both see the request (fingerprint, DROP list); the operator, who
+                #    triggered the run, is not assigned: Airflow refuses their Approve; the approver's counts
                 t = time.monotonic()
-                refused = api.respond(af.url, api.airflow_token(af.url, "operator", passwords["operator"]),
-                                      "approve", "operator approving their own run")
-                assert "HTTP 403" in str(refused.failure), refused.failure
-                done = subprocess.run([sys.executable, "-m", "consolidation", "approve", "--user", "approver",
-                                       "--airflow-url", af.url, "--reason",
-                                       "e2e: 4A-4C gates passed; reconciliation reviewed"],
-                                      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                                      env=dict(os.environ, CONSOLIDATION_AIRFLOW_PASSWORD=passwords["approver"]))
-                assert done.returncode == 0, done.stderr
+                with connect(legacy_db) as conn:
+                    fingerprint = conn.execute(sql.SQL("SELECT fingerprint FROM {} WHERE run_id = %s").format(
+                        tool_ident(plan, "approvals")), (run_4d,)).fetchone()[0]
+                    drops = [s for e in api.drop_sql_preview(conn, plan).value.values() for s in e["statements"]]
+                assert any(s.startswith('DROP SCHEMA "action"') for s in drops), drops
+                op.open_required_action(run_4d)
+                refused = op.respond("Approve", "operator approving their own run")
+                assert refused.status == 403, refused.text()
+                assert "User=operator (id=operator) is not a respondent" in refused.json()["detail"]
+                expect(op.page.get_by_role("status").filter(has_text="Access Denied")).to_be_visible()
+                op.shot("4d-operator-refused")
+
                 ap = Ui(browser, af, "approver", shots)
                 ap.sign_in()
+                ap.open_required_action(run_4d)  # still waiting: "Approval Required"
+                shown = ap.page.get_by_test_id("main-content").inner_text()
+                assert fingerprint in shown
+                assert [s for s in drops if s not in shown] == [], "DROP statements missing from the request"
+                # the form asks for the reason only (the DAG's params are no fields of it)
+                expect(ap.page.locator("input[name^='element_']")).to_have_count(1)
+                reason = "e2e: 4A-4C gates passed; reconciliation reviewed"
+                answer = ap.respond("Approve", reason)
+                assert answer.status == 200, answer.text()
+                assert answer.request.post_data_json == {"chosen_options": ["Approve"], "params_input": {"reason": reason}}
+                assert answer.json()["responded_by"] == {"id": "approver", "name": "approver"}
+                expect(ap.page.get_by_role("status").filter(has_text="wait_for_approval response successful")).to_be_visible()
+                expect(ap.page.get_by_text(re.compile(r"^Response received at .+ from approver$"))).to_be_visible()
+                ap.shot("4d-approved")
                 ap.wait_run("phase4d_legacy_cleanup", run_4d, "Success", "4d")
                 timings["4d after approval"] = time.monotonic() - t
 
@@ -201,11 +249,11 @@ def test_operator_and_approver_carry_phase_4_through_the_ui(make_db, legacy_db, 
         print(f"\ne2e timings (s): {', '.join(f'{k} {v:.0f}' for k, v in timings.items())}; "
               f"total {time.monotonic() - started:.0f}; screenshots in {ARTIFACTS}: {', '.join(shots)}")
 
-    plan = load_plan()
     with connect(legacy_db) as conn:
-        decided = conn.execute(sql.SQL("SELECT status, decided_by, decided_via FROM {} WHERE run_id = %s").format(
+        decided = conn.execute(sql.SQL("SELECT status, decided_by, decided_via, reason FROM {} WHERE run_id = %s").format(
             tool_ident(plan, "approvals")), (run_4d,)).fetchall()
         legacy_left = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)",
                                    ([s for s in plan.legacy_schemas if s != "public"],)).fetchall()
-    assert decided == [("approved", "approver", "airflow")]
+    # "airflow": Airflow's response does not tell the UI from the REST API (both PATCH hitlDetails)
+    assert decided == [("approved", "approver", "airflow", "e2e: 4A-4C gates passed; reconciliation reviewed")]
     assert legacy_left == []

@@ -42,17 +42,19 @@ def test_dependencies_including_cross_schema(legacy_db):
     assert ("sequence_owner", "public.sbr_raw_html_id_seq", "public.sbr_raw_html") in deps
 
 
-def test_unplanned_table_blocks(legacy_db):
+def test_unplanned_table_warns_and_blocks_only_its_schemas_drop(legacy_db):
     with psycopg.connect(legacy_db) as conn:
         conn.execute("CREATE TABLE splits.line_history (id serial PRIMARY KEY, line numeric)")
         conn.execute("INSERT INTO splits.line_history (line) SELECT generate_series(1, 7)")
     inv = take_inventory(dsn=legacy_db)
-    assert not inv.ok
+    assert inv.ok  # 4A to 4C go on; 4D does not drop splits (checks.legacy_objects)
     f = codes(inv, "unplanned_object")["splits.line_history"]
-    assert f.severity == "blocking" and "7 rows" in f.message and "destroy" in f.message
-    assert "add a step" in f.fix
-    # its sequence is not owned by a planned table either
-    assert "splits.line_history_id_seq" in codes(inv, "unplanned_object")
+    assert f.severity == "warning" and f.message == (
+        "splits.line_history (table) is not in the plan: add `objects: - {name: splits.line_history, "
+        "drop: reason}` or `recreate: schema`")
+    assert "4D does not drop splits" in f.fix
+    # its sequence goes with it (owned by the table), not reported on its own
+    assert "splits.line_history_id_seq" not in codes(inv, "unplanned_object")
 
 
 def test_missing_table_and_view_where_plan_expects_table(legacy_db):
@@ -86,10 +88,14 @@ def test_cli_table_json_and_exit_codes(legacy_db, cli):
     data = json.loads(js.stdout)
     assert data["ok"] is True and len(data["objects"]) == 34
     with psycopg.connect(legacy_db) as conn:
-        conn.execute("CREATE TABLE backtesting.scratch_notes (note text)")
+        conn.execute("CREATE TABLE backtesting.scratch_notes (note text)")  # unplanned: a warning (4D only)
+    warned = cli("inventory", dsn=legacy_db)
+    assert warned.returncode == 0 and "backtesting.scratch_notes (table) is not in the plan" in warned.stdout
+    with psycopg.connect(legacy_db) as conn:
+        conn.execute("DROP TABLE public.test_table")  # a planned table that is gone: blocks
     blocked = cli("inventory", dsn=legacy_db)
     assert blocked.returncode == 1
-    assert "backtesting.scratch_notes" in blocked.stdout and "BLOCKED" in blocked.stdout
+    assert "public.test_table" in blocked.stdout and "BLOCKED" in blocked.stdout
 
 
 def test_unreachable_database_is_one_line(run_cli):

@@ -188,7 +188,11 @@ def test_a_night_passes_then_a_silent_loss_fails_every_night_until_the_ledger_sa
     assert {states[f"{s}.validate"] for s in PLAN.consolidated_schemas if s != "raw_data"} == {"success"}
     h2 = history(db, run2)
     failed = {k: r for k, r in h2.items() if not r["passed"]}
-    assert list(failed) == [("raw_data.sbr_parsed_games", nightly.COUNT_CHECK, None)]
+    # the count, and the row by its key (phases.validation.migrated_rows: the legacy row is not in the target)
+    assert sorted(failed) == [("raw_data.sbr_parsed_games", "migrated_rows_intact", "id"),
+                              ("raw_data.sbr_parsed_games", nightly.COUNT_CHECK, None)]
+    assert failed[("raw_data.sbr_parsed_games", "migrated_rows_intact", "id")]["details"]["sample"] == [
+        {"step": "copy__public__sbr_parsed_games", "row_key": f'{{"id": {gone[0]}}}', "problem": "missing from the target"}]
     row = failed[("raw_data.sbr_parsed_games", nightly.COUNT_CHECK, None)]
     assert row["rows"] == actual["raw_data.sbr_parsed_games"] - 1
     assert row["details"]["sample"][0]["current_rows"] == actual["raw_data.sbr_parsed_games"] - 1
@@ -363,7 +367,8 @@ def test_ui_plugin_serves_the_latest_validation_and_report_offline(db):
     with psycopg.connect(db) as conn:
         conn.execute(unreferenced)
     verdict = nightly.validate(db, PLAN, run_id="ui-run-<2>", user="test", schemas=["core_betting"])
-    assert [r["table_name"] for r in verdict.rows if not r["passed"]] == ["game_outcomes"]
+    assert [(r["table_name"], r["check_name"]) for r in verdict.rows if not r["passed"]] == [
+        ("game_outcomes", "migrated_rows_intact"), ("game_outcomes", "rows_not_dropped")]
 
     app = consolidation_ui.create_app()
     # Signed-out callers are refused (real Airflow security dependency, no token)

@@ -257,7 +257,8 @@ def test_export_location(monkeypatch, tmp_path):
     ("SELECT * FROM {{splits.games}}", r"needs an alias: write `\{\{splits.games\}\} AS x`"),
     ("SELECT * FROM splits.games AS g", "names no table"),
     ("SELECT 1 FROM {{a.b}} AS x; SELECT 2 FROM {{a.b}} AS y", "one statement per file"),
-    ('SELECT 1 FROM {{"a".b}} AS x', "malformed"),
+    ('SELECT 1 FROM {{"a.b}} AS x', "unterminated quoted identifier"),
+    ('SELECT 1 FROM {{a.b.c}} AS x', "malformed"),
 ])
 def test_smoke_files_are_validated(tmp_path, text, message):
     with pytest.raises(smoke.SmokeError, match=message):

@@ -256,21 +256,26 @@ def test_stale_fingerprint_refuses_and_nothing_is_backed_up(db_4c):
         assert not ledger.rows(conn, PLAN, "phase = '4D' AND kind IN ('backup', 'ddl')")
 
 
-def test_unplanned_table_blocks_before_asking_and_survives(db_4c):
+def test_unplanned_table_blocks_only_its_schemas_drop_and_survives(db_4c):
+    """An unplanned table is a warning: the preflight goes on, the approval preview shows that schema
+    blocked with what to add to the plan, and its drop is refused (test_object_appearing_after...)."""
+    from consolidation.phases.hitl.preview import drop_preview
+
     with psycopg.connect(db_4c) as conn:
         conn.execute("CREATE TABLE backtesting.keep_me (id int PRIMARY KEY, note text)")
         conn.execute("INSERT INTO backtesting.keep_me VALUES (1, 'not in the plan')")
     before = snapshot(db_4c, PLAN.legacy_schemas)
     call_task(tasks.acquire_lease, db_4c, dag_id=DAG)
-    with pytest.raises(cleanup.CleanupBlocked, match="backtesting.keep_me"):
-        call_task(tasks.preflight, db_4c, dag_id=DAG, params=FAST)
+    call_task(tasks.preflight, db_4c, dag_id=DAG, params=FAST)
     legacy_intact(db_4c, before)
     with psycopg.connect(db_4c) as conn:
         assert conn.execute("SELECT note FROM backtesting.keep_me").fetchall() == [("not in the plan",)]
         inv = ledger.rows(conn, PLAN, "phase = '4D' AND name = 'inventory_4D'")[-1]
-        assert inv["status"] == "failed"
-        assert any(f["object"] == "backtesting.keep_me" for f in inv["details"]["findings"])
-    assert approvals_table(db_4c) is None or not request_rows(db_4c)
+        assert inv["status"] == "success"
+        assert [f["severity"] for f in inv["details"]["findings"] if f["object"] == "backtesting.keep_me"] == ["warning"]
+        assert drop_preview(conn, PLAN)["backtesting"]["blockers"] == [
+            "backtesting.keep_me (table) is not in the plan: add `objects: - {name: backtesting.keep_me, "
+            "drop: reason}` or `recreate: schema`"]
 
 
 def test_object_appearing_after_the_check_stops_the_drop(db_4c, tmp_path):

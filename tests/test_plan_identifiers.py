@@ -1,6 +1,7 @@
 """Any name PostgreSQL accepts works end to end: a database whose legacy and consolidated schemas,
-tables and columns have mixed-case and hostile names (quotes, `;`, `--`, spaces) runs 4A and 4B
-through the engine and passes both gates (real GX checkpoints), nothing is injected, and the DAG
+tables and columns have mixed-case and hostile names (quotes, `;`, `--`, spaces) runs 4A, 4B, 4C
+(with a service smoke query naming them quoted), 4D (backup, drops) and the nightly validation
+through the engine and passes every gate (real GX checkpoints), nothing is injected, and the DAG
 files parse for its plan with stable task ids (the real names shown as display names)."""
 from __future__ import annotations
 
@@ -136,3 +137,62 @@ def test_dag_files_parse_for_a_plan_with_hostile_names(tmp_path):
                                      for t in grouped for part in t.split(".")), grouped
     assert airflow_id(LEGACY_A) in data["groups_phase4a_schema_extension"]
     assert "public" == airflow_id("public") and airflow_id("UPPER Case") != airflow_id("upper_case")
+
+
+def test_hostile_names_run_4c_4d_and_the_nightly_validation(hostile, tmp_path):
+    """The same database through 4C (registry + gate), 4D (request, Airflow's response as the HITL
+    task hands it over, backup, drops, gate) and the nightly validation: every phase passes its
+    gate, the legacy rows are in the backups, `x.x` (what an injection would drop) is still there."""
+    import phase_helpers as ph
+    from hitl_helpers import respond
+    from consolidation import api
+    from consolidation.core.plan import load_plan
+    from consolidation.phases import nightly
+
+    path, dsn = hostile
+    # a service query naming the hostile tables, quoted as in SQL (the 4C gate runs it both ways)
+    smoke = path.parent / "smoke"
+    smoke.mkdir()
+    q = lambda name: '"' + name.replace('"', '""') + '"'
+    (smoke / "odd_by_team.sql").write_text(
+        f"-- rows of the odd table with their team\nSELECT o.id, o.\"Name; --\", t.\"Team Name\"\n"
+        f"  FROM {{{{{q(LEGACY_A)}.{q(ODD)}}}}} AS o LEFT JOIN {{{{{q(LEGACY_B)}.Teams}}}} AS t "
+        f'ON t."Team Id" = o."Team Id"\n', encoding="utf-8")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["smoke_dir"] = "smoke"
+    raw["approvers"] = ["approver"]
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    plan = load_plan(path)
+    ph.engine_4a(dsn, plan)
+    assert ph.engine_4b(dsn, plan) == {}
+    ph.engine_4c(dsn, tmp_path / "export", plan)
+    run = {"run_id": "4d-run", "user": "operator"}
+    I = sql.Identifier
+    with psycopg.connect(dsn) as conn:
+        resolved = api.registry_resolve(conn, f"{LEGACY_A}.{ODD}", plan=plan)
+        assert resolved.ok and (resolved.data.schema, resolved.data.table) == (TARGET, ODD), resolved.lines
+        ph.done(api.cleanup_preflight(conn, dsn, plan, resync_late_rows=False, **run))
+        request_id = ph.done(api.cleanup_open_request(conn, plan, **run))
+        body = ph.done(api.approval_body(conn, plan, request_id, backup_dir=str(tmp_path / "backup"), run_id="4d-run"))
+        assert sql.Identifier(LEGACY_A, ODD).as_string(conn) in body  # the DROP list names it as quoted
+    decision = ph.done(respond(dsn, plan, request_id))
+    with psycopg.connect(dsn) as conn:
+        backup = ph.done(api.cleanup_backup(conn, dsn, plan, request_id, decision=decision,
+                                            folder=tmp_path / "backup", **run))
+        assert set(backup["archives"]) == {LEGACY_A, LEGACY_B}
+        for schema in plan.legacy_schemas:
+            ph.done(api.cleanup_drop(conn, dsn, plan, schema, request_id, decision=decision, **run))
+        # nothing was injected: what the names try to drop is still there; then out of the way of
+        # the 4D gate (which wants no schema outside the plan's)
+        assert conn.execute("SELECT to_regclass('x.x') IS NOT NULL").fetchone()[0]
+        conn.execute("DROP SCHEMA x CASCADE")
+        conn.commit()
+        ph.done(api.gate(conn, dsn, plan, "4D", **run))
+        kept = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname IN (%s, %s)", (LEGACY_A, LEGACY_B)).fetchall()
+        assert kept == [(LEGACY_A,)]  # drop_schema: false keeps it, emptied
+        assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = %s::regnamespace",
+                            (I(LEGACY_A).as_string(conn),)).fetchone()[0] == 0
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(I(TARGET, ODD))).fetchone()[0] == 3
+    verdict = nightly.validate(dsn, plan, run_id="nightly-hostile", user="scheduler")
+    assert verdict.passed, verdict.summary()
+    assert len(verdict.rows) > 5

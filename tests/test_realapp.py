@@ -3,9 +3,9 @@ application, not by the plan. 4A and 4B run through the DAGs; the test then acco
 legacy row with its own SQL (not the engine's): in its target with the values the plan's
 mapping gives it, or in quarantine. Lost must be 0.
 
-Built without the trigger function and the leftover table (trigger=False, unplanned=False):
-the inventory blocks on both today (functions/triggers and unplanned objects are issue 10's
-other part); test_realapp_inventory_names_what_the_plan_misses covers them.
+The whole fixture, its trigger with its function and the leftover table included: the plan
+recreates the function (the trigger follows its copied table) and drops the leftover
+(tests/test_realapp_objects.py follows them to 4D).
 """
 from __future__ import annotations
 
@@ -61,11 +61,11 @@ STEP_OF = {"scraper.team_codes": "merge__scraper__team_codes", "scraper.games": 
 
 @pytest.fixture(scope="module")
 def realapp_template(make_session_db) -> str:
-    """A session database holding the realapp fixture (no trigger function, no leftover table); clone it."""
+    """A session database holding the whole realapp fixture; clone it."""
     from conftest import dbname_of
 
     dsn = make_session_db()
-    realapp.build(dsn, trigger=False, unplanned=False)
+    realapp.build(dsn)
     return dbname_of(dsn)
 
 
@@ -123,24 +123,37 @@ def test_realapp_4a_4b_through_the_dags_lose_nothing(run_dag, realapp_dags, make
         assert conn.execute("SELECT name, league FROM betting.teams WHERE abbr = 'LAD'").fetchone() == (
             "Los Angeles Dodgers", "NL")
         assert conn.execute("SELECT count(*) FROM betting.teams").fetchone()[0] == 12
+        # the legacy foreign key odds_raw -> games, carried onto the pre-existing targets and validated by 4B
+        assert conn.execute("SELECT convalidated, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = "
+                            "'ingest.odds_snapshots'::regclass AND contype = 'f'").fetchall() == [
+            (True, "FOREIGN KEY (game_ref) REFERENCES betting.games(source_game_ref)")]
         gate = conn.execute("SELECT status FROM ops.consolidation_ledger WHERE kind = 'gate' AND name = 'gate_4B' "
                             "ORDER BY id DESC LIMIT 1").fetchone()
         assert gate == ("success",)
 
 
 def test_realapp_inventory_names_what_the_plan_misses(make_db):
-    """The whole fixture: the trigger's function and the leftover table are named by the inventory."""
+    """The whole fixture: the trigger's function, the trigger and the leftover table are listed with
+    what the plan says; without the plan's entries, each is named with what to add (a warning)."""
     from consolidation.checks.inventory import take_inventory
     from consolidation.core.plan import load_plan
 
     dsn = make_db()
     counts = realapp.build(dsn)
     assert counts == {**realapp.LEGACY_ROWS, **realapp.APPLICATION_ROWS, **realapp.UNPLANNED_ROWS}
+    plan = load_plan(PLAN_FILE)
     with psycopg.connect(dsn) as conn:
-        inv = take_inventory(conn, load_plan(PLAN_FILE))
-        named = {f.object for f in inv.findings}
-        assert "wagers.bets_export_2023" in named
-        assert any("set_scrape_duration" in o for o in named), named
+        listed = {o["object"]: o["decision"] for o in take_inventory(conn, plan).legacy_objects}
+        assert listed == {"scraper.set_scrape_duration()": "recreate", "wagers.bets_export_2023": "drop",
+                          "scraper.scrape_runs.scrape_runs_duration": "carried"}
+        plan.objects = []
+        inv = take_inventory(conn, plan)
+        assert inv.ok  # 4A to 4C are not blocked
+        named = {f.object: f for f in inv.findings if f.code == "unplanned_object"}
+        assert set(named) == {"wagers.bets_export_2023", "scraper.set_scrape_duration",
+                              "scraper.scrape_runs.scrape_runs_duration"}
+        assert all(f.severity == "warning" for f in named.values())
+        assert "recreate: schema" in named["scraper.scrape_runs.scrape_runs_duration"].message
         assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'scrape_runs_duration'").fetchone()[0] == 1
         assert conn.execute("SELECT has_table_privilege('realapp_writer', 'wagers.bets', 'INSERT')").fetchone()[0]
 

@@ -12,7 +12,7 @@ from consolidation.airflow import tasks
 from consolidation.checks import gates as phases
 from consolidation.core import ledger
 from consolidation.core.session import created_targets
-from consolidation.phases import extend, rollback
+from consolidation.phases import rollback
 
 from phase_helpers import EVERYTHING, PLAN, call_task, leased, engine_4a, engine_4b, snapshot as _snapshot, table_md5
 
@@ -99,3 +99,41 @@ def test_rollback_refuses_to_touch_a_table_it_never_created(db_4b):
         # and the engine names it the same way, without changing anything
         with pytest.raises(rollback.RollbackRefused, match="analytics.config_notes"):
             rollback.undo_migration(conn, PLAN, run_id="again", user="test")
+
+
+def test_rollback_after_4c_points_the_registry_back_at_the_legacy_tables(db_4c, cli):
+    """After 4C services resolve through the registry; a rollback marks every entry rolled_back,
+    pointing at its legacy table under its legacy columns (resolve answers the legacy location,
+    and reads exactly the legacy rows), rewrites the JSON export, and `status` shows it."""
+    import json
+
+    from psycopg import sql
+
+    from consolidation.phases import registry
+
+    with psycopg.connect(db_4c) as conn:
+        before = registry.resolve(conn, "splits.games", plan=PLAN)
+        assert before.schema == "core_betting" and before.status == registry.CONSOLIDATED
+        exported = registry.exported_in_run(conn, PLAN, None)
+    done = run_rollback(db_4c)
+    assert done["undone"] > 0
+    with psycopg.connect(db_4c) as conn:
+        for name in ("splits.games", "public.sbr_parsed_games", "tracking.active_strategy_configs"):
+            r = registry.resolve(conn, name, plan=PLAN)
+            assert (r.schema, r.table, r.status, r.filter) == (*name.split("."), registry.ROLLED_BACK, None), r
+            assert all(c.name == c.column and c.type == c.physical_type for c in r.columns)
+            legacy = conn.execute(sql.SQL("SELECT count(*), sum(hashtext(t::text)) FROM {} AS t").format(
+                sql.Identifier(*name.split(".")))).fetchone()
+            through = conn.execute(sql.SQL("SELECT count(*), sum(hashtext(t::text)) FROM {} AS t").format(
+                r.relation())).fetchone()
+            assert through == legacy, name
+        assert conn.execute("SELECT count(*) FROM operational.consolidation_registry "
+                            "WHERE status <> 'rolled_back'").fetchone()[0] == 0
+        rewritten = registry.exported_in_run(conn, PLAN, None)
+    doc = json.loads(rewritten.read_text())
+    assert doc["exported_by_run"] == "manual__rollback" and rewritten != exported or doc["exported_by_run"] == "manual__rollback"
+    games = next(e for e in doc["entries"] if e["logical_name"] == "splits.games")
+    assert (games["physical_schema"], games["status"]) == ("splits", "rolled_back")
+    assert registry.resolve_file(rewritten, "splits.games").schema == "splits"
+    out = cli("status", dsn=db_4c)
+    assert "rolled back by run manual__rollback" in out.stdout and "point at the legacy tables again" in out.stdout, out.stdout

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import psycopg
 from psycopg import sql
 
 from consolidation.core.catalog import row_hash_of
@@ -58,7 +59,7 @@ from consolidation.core.columns.mapping import ColumnMap
 from consolidation.core.spec import (ColumnSpec, Flow, TargetSpec, flows_for, resolve_type, source_ident,
                                      source_relation)
 
-TARGET_KEYS = frozenset({"target", "columns", "add_columns", "ignore", "freshness"})
+TARGET_KEYS = frozenset({"target", "columns", "add_columns", "ignore", "freshness", "drop_foreign_keys"})
 
 
 class ActionError(RuntimeError):
@@ -74,6 +75,9 @@ class Action:
     plan_keys: frozenset[str] = TARGET_KEYS
     required_keys: tuple[str, ...] = ("target",)
     shared_target_rule: str | None = None  # e.g. "all `union` (...)": several steps may feed one target
+    # the source table's triggers go with it to its target (a copy: the table moves whole); a merge
+    # or union target is the application's own table, whose triggers the plan must decide
+    carries_triggers: bool = False
 
     def resolve(self, step: Step) -> "Action":
         """The action handling `step`; a recreated view is copy's (its variant recreate_view)."""
@@ -99,6 +103,10 @@ class Action:
 
     def catalog_problems(self, step: Step, src_cols: dict, tgt_cols: dict, catalog) -> list[str]:
         """The step against a target that exists: every mapped column has a place, every source column a home."""
+        target = catalog.relation(step.target_schema, step.target_table) if catalog is not None else None
+        if target is not None and target.kind != "table":
+            return [f"{step.label}: target {step.target} is a {target.kind}, not a table: a {step.action} writes rows "
+                    f"into a table; name a table (or a new name, which 4A creates) as its target"]
         problems = []
         known = set(tgt_cols) | set(step.add_columns)
         for col in list(step.columns) + list(step.key):
@@ -256,7 +264,11 @@ class Action:
         return [("quarantine_within_threshold", f"quarantined rows of {step.source} <= {threshold}", sql.SQL(
             "SELECT step, count(*) AS quarantined, min(reason) AS first_reason FROM {q} WHERE step = {n} "
             "GROUP BY step HAVING count(*) > {t}").format(
-            q=tool_ident(plan, "quarantine"), n=sql.Literal(step.name), t=sql.Literal(threshold)))]
+            q=tool_ident(plan, "quarantine"), n=sql.Literal(step.name), t=sql.Literal(threshold)))] + [
+            ("foreign_key_validated", f"{spec.qualified}'s foreign key {fk.name} (legacy {fk.source}), added NOT VALID "
+             "onto a table with rows of its own, was validated after the step loaded: every row of the table "
+             "resolves (offending rows: constraint, the row's key, what it refers to)", validated_check(spec, fk))
+            for fk in spec.foreign_keys if fk.not_valid and fk.step == step.name]
 
     # -- registers (4C), inventory ----------------------------------------------------
     def registry_columns(self, step: Step, spec: TargetSpec, source) -> dict[str, tuple[str, object]]:
@@ -282,6 +294,47 @@ class Action:
 
 
 # ---------------------------------------------------------------------------
+def validate_foreign_keys(conn, spec: TargetSpec) -> list[str]:
+    """VALIDATE each foreign key 4A added NOT VALID onto this target (one that held rows before
+    the plan), once its step has loaded: each in a savepoint; one the table's rows violate stays
+    NOT VALID (the 4B gate's foreign_key_validated names it and the rows). Returns those lines."""
+    left = []
+    for fk in spec.foreign_keys:
+        if not fk.not_valid:
+            continue
+        row = conn.execute("SELECT convalidated FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname = %s",
+                           (spec.ident.as_string(conn), fk.name)).fetchone()
+        if row is None or row[0]:
+            continue
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(spec.ident, sql.Identifier(fk.name)))
+        except psycopg.errors.ForeignKeyViolation as exc:
+            left.append(f"foreign key {fk.name} of {spec.qualified} stays NOT VALID: {exc.diag.message_detail or exc}")
+    return left
+
+
+def validated_check(spec: TargetSpec, fk) -> sql.Composed:
+    """Rows of the target its NOT VALID foreign key `fk` does not resolve, by the row's key, and a
+    row naming the constraint when it is still not validated (4B has not validated it)."""
+    key = spec.primary_key or fk.columns
+    cols = sql.SQL(", ").join(sql.SQL("{}, {}").format(sql.Literal(c), sql.Identifier("c", c)) for c in fk.columns)
+    return sql.SQL(
+        "SELECT {n}::text AS constraint_name, jsonb_build_object({k})::text AS row_key, "
+        "'refers to nothing: ' || jsonb_build_object({cols})::text AS problem FROM {t} AS c "
+        "WHERE {notnull} AND NOT EXISTS (SELECT 1 FROM {p} AS p WHERE {match}) "
+        "UNION ALL SELECT {n}::text, NULL, 'still NOT VALID: re-run the step (4B validates it after loading)' "
+        "WHERE EXISTS (SELECT 1 FROM pg_constraint AS k JOIN pg_class AS kc ON kc.oid = k.conrelid "
+        "JOIN pg_namespace AS kn ON kn.oid = kc.relnamespace WHERE kn.nspname = {ts} AND kc.relname = {tt} "
+        "AND k.conname = {n} AND NOT k.convalidated)").format(
+        n=sql.Literal(fk.name), t=spec.ident, p=sql.Identifier(fk.ref_schema, fk.ref_table),
+        k=sql.SQL(", ").join(sql.SQL("{}, {}").format(sql.Literal(c), sql.Identifier("c", c)) for c in key),
+        cols=cols, ts=sql.Literal(spec.schema), tt=sql.Literal(spec.table),
+        notnull=sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier("c", c)) for c in fk.columns),
+        match=sql.SQL(" AND ").join(sql.SQL("{} = {}").format(sql.Identifier("p", r), sql.Identifier("c", c))
+                                    for c, r in zip(fk.columns, fk.ref_columns)))
+
+
 def column_flows(conn, step: Step, rel, existing, skip: set[str] = frozenset()) -> list[Flow]:
     """One flow per source column (renamed or cast by the plan's `columns`, minus `ignore`d and
     `skip`ped ones, and minus those only an expression or map reads), then every other mapping
@@ -402,5 +455,5 @@ def undo_inserts(plan: Plan, step: Step, spec: TargetSpec, run_id: str, cte: str
         tgt=sql.Literal(spec.qualified), k=key_json(spec, "i"), cte=sql.Identifier(cte))
 
 
-__all__ = ["Action", "ActionError", "TARGET_KEYS", "action_of", "column_flows", "row_hash", "projected_source",
+__all__ = ["Action", "ActionError", "TARGET_KEYS", "action_of", "column_flows", "validate_foreign_keys", "row_hash", "projected_source",
            "not_quarantined", "key_match", "key_in", "column_list", "key_json", "undo_inserts", "source_ident"]

@@ -14,6 +14,7 @@ from consolidation.actions.base import TARGET_KEYS, Action, column_list, key_mat
 
 class CopyAction(Action):
     name = "copy"
+    carries_triggers = True
     described_as = "copy steps"
     plan_keys = TARGET_KEYS | {"batch_rows"}
     batches = True  # its statement skips rows already present, so any key range can run (again)

@@ -18,7 +18,7 @@ user responds on that page or through the REST API (`consolidation approve|rejec
 """
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
@@ -45,8 +45,11 @@ class CleanupApproval(HITLOperator):
 
     def __init__(self, *, request_task_id: str, validity_hours: float = 24.0, **kwargs: Any) -> None:
         kwargs.setdefault("subject", "Approve the legacy cleanup")
-        given = kwargs.pop("params", None) or {}  # the DAG's params, passed on by apply_defaults
-        super().__init__(options=[APPROVE, REJECT], multiple=False, params={**given,
+        # the DAG's params (passed on by apply_defaults) stay out of the form: every param here is a field
+        # of the Required Actions form, and an empty one (backup_dir) blocks its buttons; the task's
+        # context still has them (Airflow merges the DAG's params into every task's context)
+        kwargs.pop("params", None)
+        super().__init__(options=[APPROVE, REJECT], multiple=False, params={
             # null-able: a task param without a value fails the task at start; the length is checked after
             "reason": Param(None, type=["null", "string"], minLength=REASON_MIN_LENGTH, title="Reason",
                             description="what you reviewed and why you decide so (recorded with your user name)")},
@@ -60,8 +63,11 @@ class CleanupApproval(HITLOperator):
         request_id = self._request_id(context)
         plan = load_plan()
         params = context.get("params") or {}
+        hours = params.get("approval_timeout_hours")
+        self.response_timeout = timedelta(hours=float(hours)) if hours not in (None, "", 0) else None
         with task_connection() as (dsn, conn):
-            self._renew_lease(conn, plan, info, request_id)
+            # parked, no heartbeat: the lease stays alive while the request is pending, until the timeout
+            self._renew_lease(conn, plan, info, request_id, waiting=True)
             try:
                 self.assigned_users = api.approval_assignees(plan, info.triggered_by)
             except ApprovalRefused as exc:
@@ -72,8 +78,6 @@ class CleanupApproval(HITLOperator):
             req = out.data
         self.subject = f"Approve the legacy cleanup: request {req.id}, fingerprint {req.fingerprint[:12]}"
         self.body = out.value
-        hours = params.get("approval_timeout_hours")
-        self.response_timeout = timedelta(hours=float(hours)) if hours not in (None, "", 0) else None
         assigned = [u["id"] for u in self.assigned_users]
         self.log.info("request %s waits for %s in Required Actions: %s", req.id, ", ".join(assigned), self._link(context))
         self._notify(context, req, assigned)
@@ -104,11 +108,13 @@ class CleanupApproval(HITLOperator):
             invalidate(conn, plan, req, _one_line(exc), name="approval_refused")
         raise AirflowFailException(_one_line(exc)) from None
 
-    def _renew_lease(self, conn, plan, info, request_id: int) -> None:
+    def _renew_lease(self, conn, plan, info, request_id: int, waiting: bool = False) -> None:
         # 4D holds the database's lease across the wait (issue 13); a run that lost it decides nothing
         if info.dag_id not in api.LEASED_DAGS:
             return
-        out = api.lease_renew(conn, plan, run_id=info.run_id, phase=api.LEASED_DAGS[info.dag_id])
+        until = (datetime.now(timezone.utc) + self.response_timeout) if waiting and self.response_timeout else None
+        out = api.lease_renew(conn, plan, run_id=info.run_id, phase=api.LEASED_DAGS[info.dag_id],
+                              waiting_for=request_id if waiting else None, until=until)
         if out.failure is not None:
             self._refuse(conn, plan, request_id, out.failure)
 

@@ -108,16 +108,21 @@ def lease_for(t: TaskRun) -> None:
 
 
 class TaskRefused(SystemExit):
-    """A task that refuses (a plan that cannot be run): it fails, and its log ends with the
-    refusal's one line - Airflow logs a SystemExit as "Task exited" with its code, where any
-    other exception gets a traceback. It is never retried into success: the plan must change."""
+    """A task that refuses (a plan that cannot be run, a blocked inventory, a failed gate, ...):
+    it fails, and its log ends with the refusal's lines - Airflow logs a SystemExit as "Task
+    exited" with its code, where any other exception gets a traceback. `refusal` is the engine's
+    exception it stands for."""
+
+    def __init__(self, message: str, refusal: BaseException | None = None):
+        super().__init__(message)
+        self.refusal = refusal
 
 
-def refuse(message: str):
+def refuse(message: str, refusal: BaseException | None = None):
     """Fail the task with `message` in its log, no traceback; a refusal of several lines (an
     inventory's findings) is printed whole, its first line is the task's exit message."""
     print(message)
-    raise TaskRefused(message.splitlines()[0] if message.strip() else "refused") from None
+    raise TaskRefused(message.splitlines()[0] if message.strip() else "refused", refusal) from None
 
 
 def task_body(body: Callable[..., Outcome]) -> Callable[..., Any]:
@@ -134,15 +139,15 @@ def task_body(body: Callable[..., Outcome]) -> Callable[..., Any]:
                     lease_for(t)
                 outcome = body(t, **kwargs)
         except PlanError as exc:  # the plan cannot be run: its one line is the task's last word
-            refuse("plan rejected: " + str(exc))
+            refuse("plan rejected: " + " ".join(str(exc).splitlines()), exc)
         except REFUSALS as exc:
-            refuse(str(exc) or type(exc).__name__)
+            refuse(str(exc) or type(exc).__name__, exc)
         for line in outcome.lines:
             print(line)
         if isinstance(outcome.failure, PlanError):
-            refuse("plan rejected: " + str(outcome.failure))
+            refuse("plan rejected: " + " ".join(str(outcome.failure).splitlines()), outcome.failure)
         if isinstance(outcome.failure, REFUSALS):
-            refuse(str(outcome.failure) or type(outcome.failure).__name__)
+            refuse(str(outcome.failure) or type(outcome.failure).__name__, outcome.failure)
         if outcome.failure is not None:
             raise outcome.failure
         return outcome.value

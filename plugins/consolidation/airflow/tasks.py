@@ -52,6 +52,23 @@ def run_step(t: TaskRun, step_name: str) -> api.Outcome:
     return api.run_step(t.conn, t.plan, step_name, dry_run=bool(t.params.get("dry_run")), **t.run)
 
 
+# a big step (batch_rows) as mapped tasks over key ranges: plan, one task per range, finish
+@task_body
+def plan_ranges(t: TaskRun, step_name: str) -> api.Outcome:
+    return api.plan_ranges(t.conn, t.plan, step_name, dry_run=bool(t.params.get("dry_run")), **t.run)
+
+
+@task_body
+def run_range(t: TaskRun, step_name: str, key_range: dict) -> api.Outcome:
+    return api.run_range(t.conn, t.plan, step_name, key_range, dry_run=bool(t.params.get("dry_run")), **t.run)
+
+
+@task_body
+def finish_ranges(t: TaskRun, step_name: str, key_ranges: list) -> api.Outcome:
+    return api.finish_ranges(t.conn, t.plan, step_name, list(key_ranges), dry_run=bool(t.params.get("dry_run")),
+                             **t.run)
+
+
 @task_body
 def prepare_registry(t: TaskRun) -> api.Outcome:
     return api.registry_prepare(t.conn, t.plan)

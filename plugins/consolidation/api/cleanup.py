@@ -9,10 +9,12 @@ from consolidation.checks.reconcile import digest
 from consolidation.core.runs import lease as leases
 from consolidation.core.runs.dropped import dropped_schemas
 from consolidation.core.runs.interrupted import describe, interruptions
+from consolidation.core import ledger
 from consolidation.core.plan import Plan
 from consolidation.phases import approvals, cleanup, rollback
 from consolidation.phases.approvals import ApprovalRefused
 from consolidation.phases.hitl.response import verify_copy
+from consolidation.phases.validation import migrated_rows
 from consolidation.phases.backup import default_folder, latest_backups, pg_env, take_backup, verify_archive
 from consolidation.phases.report import collect, write_report
 
@@ -56,11 +58,15 @@ def cleanup_backup(conn, dsn: str, plan: Plan, request_id, *, decision: dict | N
     except ApprovalRefused as exc:
         return Outcome(failure=exc)
     if req is None or req.status != "approved":
-        raise RuntimeError(f"approval request {request_id} is {req.status if req else 'missing'}, not approved; "
-                           "nothing is backed up or dropped")
+        return Outcome(failure=ApprovalRefused(f"approval request {request_id} is {req.status if req else 'missing'}, "
+                                               "not approved; nothing is backed up or dropped"))
     manifest = take_backup(dsn, plan, folder, run_id=run_id, user=user, expected_fingerprint=req.fingerprint)
+    # what the legacy rows say, for the nightly validation once they are gone
+    baselined = migrated_rows.record_baselines(conn, plan, run_id=run_id)
     lines = [f"{a['schema']}: {a['path']} {a['bytes']:,} bytes sha256 {a['sha256']} "
              f"({len(a['tables'])} tables, {a['toc_entries']} TOC entries, readable)" for a in manifest["archives"]]
+    lines.append(f"{manifest['format']} archives {manifest['pg_dump_note']}")
+    lines.append(f"nightly validation baseline recorded for {baselined} step(s) (compared after the drop)")
     return Outcome(value={"folder": str(folder), "archives": {a["schema"]: a["sha256"] for a in manifest["archives"]}},
                    lines=lines, data=manifest)
 
@@ -155,6 +161,15 @@ def status(conn, plan: Plan) -> Outcome:
                 tail += f" by {latest['decided_by']} via {latest['decided_via']}"
             tail += ")"
         lines.append(f"no pending approval request{tail}")
+    rolled = ledger.rows(conn, plan, "kind = 'rollback' AND status = 'success'") if ledger.tool_tables_exist(
+        conn, plan) else []
+    st["rollback"] = rolled[-1] if rolled else None
+    if rolled:
+        r = rolled[-1]
+        repointed = [d for d in (r["details"] or {}).get("undone", []) if d.startswith("registry: ")]
+        lines.append(f"rolled back by run {r['run_id']} ({r['triggered_by'] or '-'}) at "
+                     f"{r['finished_at']:%Y-%m-%d %H:%M:%S %Z}: {r['message']}"
+                     + (f"; {repointed[0]}" if repointed else ""))
     held = leases.current(conn, plan)
     st["lease"] = held.as_dict() if held else None
     lines.append(f"lease: {held.holder()}, last heartbeat {held.heartbeat_age:.0f} s ago"

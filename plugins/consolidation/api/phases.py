@@ -13,6 +13,7 @@ from consolidation.core.plan import Plan
 from consolidation.core.session import load_specs
 from consolidation.phases import extend, migrate
 from consolidation.phases.cleanup import run_gate_4d
+from consolidation.phases.load import ranges
 from consolidation.phases.registry import exported_in_run
 from consolidation.phases.registry_checks import gate_4c_checks
 
@@ -75,7 +76,24 @@ def extend_group(conn, plan: Plan, legacy_schema: str, *, run_id: str, user: str
 
 def extend_finalize(conn, plan: Plan, *, run_id: str, user: str | None) -> Outcome:
     done = extend.finalize(conn, plan, run_id=run_id, user=user)
-    return Outcome(value=done, lines=done)
+    # every target exists now: the 4B DAG's step graph (a file it reads at parse time)
+    graph = step_graph(conn, plan, written_by=f"4A finalize, run {run_id}")
+    return Outcome(value=done, lines=done + graph.lines)
+
+
+def step_graph(conn, plan: Plan, *, written_by: str) -> Outcome:
+    """Write the 4B step graph of `plan` from the live catalog (phases.migrate.step_graph) to
+    core.runs.step_graph's file. A state folder that cannot be written is a line, not a
+    failure: the 4B DAG then runs its steps in plan order."""
+    try:
+        graph = migrate.write_step_graph(conn, plan, written_by=written_by)
+    except OSError as exc:
+        return Outcome(lines=[f"step graph not written ({exc}); 4B will run its steps one after another"])
+    finally:
+        conn.commit()  # it only read; ends the transaction the catalog read opened
+    return Outcome(value=str(graph.path), data=graph, lines=[
+        f"step graph written to {graph.path}: {len(graph.upstream)} steps, {graph.edges()} dependencies, "
+        f"up to {graph.widest()} steps at once (4B runs at most CONSOLIDATION_4B_PARALLEL tasks at once)"])
 
 
 # ------------------------------------------------------------------ 4B
@@ -85,6 +103,39 @@ def run_step(conn, plan: Plan, step_name: str, *, run_id: str, user: str | None,
         return Outcome(value={"step": step_name, "dry_run": True},
                        lines=sql_preview(conn, plan, "4B", step=step_name).lines)
     result = migrate.run_step(conn, plan, step_name, run_id=run_id, user=user)
+    return Outcome(value={"step": step_name, "read": result.read, "inserted": result.inserted,
+                          "merged": result.merged, "quarantined": result.quarantined},
+                   lines=[result.line()], data=result)
+
+
+# ------------------------------------------------------------------ 4B: a big step as mapped key ranges
+def plan_ranges(conn, plan: Plan, step_name: str, *, run_id: str, user: str | None, dry_run: bool = False) -> Outcome:
+    """Open a `batch_rows` step and split its source into key ranges (phases.load.ranges): the
+    list is the value (the XCom the 4B DAG's mapped run_range expands over). `dry_run`: the
+    step's SQL, and one range that moves nothing."""
+    if dry_run:
+        return Outcome(value=[{"entry": None, "step": step_name, "index": 0, "of": 1, "lo": None, "hi": None,
+                               "label": "dry run"}], lines=sql_preview(conn, plan, "4B", step=step_name).lines)
+    out, line = ranges.plan_ranges(conn, plan, step_name, run_id=run_id, user=user)
+    return Outcome(value=out, lines=[line], data=out)
+
+
+def run_range(conn, plan: Plan, step_name: str, key_range: dict, *, run_id: str, user: str | None,
+              dry_run: bool = False) -> Outcome:
+    """One key range of a step in one transaction (skipped when already done)."""
+    if dry_run or key_range.get("entry") is None:
+        return Outcome(value={"step": step_name, "dry_run": True}, lines=[f"{step_name}: dry run, nothing moved"])
+    value, line = ranges.run_range(conn, plan, step_name, key_range, run_id=run_id)
+    return Outcome(value=value, lines=[line])
+
+
+def finish_ranges(conn, plan: Plan, step_name: str, key_ranges: list[dict], *, run_id: str, user: str | None,
+                  dry_run: bool = False) -> Outcome:
+    """After every range of a step: checksums, quarantine, the step's ledger row closed (as run_step)."""
+    entry = key_ranges[0].get("entry") if key_ranges else None
+    if dry_run or entry is None:
+        return Outcome(value={"step": step_name, "dry_run": True}, lines=[f"{step_name}: dry run, nothing moved"])
+    result = ranges.finish_ranges(conn, plan, step_name, int(entry))
     return Outcome(value={"step": step_name, "read": result.read, "inserted": result.inserted,
                           "merged": result.merged, "quarantined": result.quarantined},
                    lines=[result.line()], data=result)

@@ -46,11 +46,12 @@ def registry_show(conn, plan: Plan) -> Outcome:
     return Outcome(lines=lines, data=rows)
 
 
-def registry_resolve(source, name: str, *, show_sql: bool = False) -> Outcome:
+def registry_resolve(source, name: str, *, show_sql: bool = False, plan: Plan | None = None) -> Outcome:
     """Where the legacy table `name` lives now; `source` is a connection, or a Path to an
-    exported registry.json. Not registered is the failure."""
+    exported registry.json; `plan` names the registry table (default: the configured plan).
+    Not registered is the failure."""
     try:
-        r = registry.resolve(source, name)
+        r = registry.resolve(source, name, plan=plan)
     except NotRegistered as exc:
         return Outcome(failure=exc)
     where = f" WHERE {r.filter.text()}" if r.filter else ""

@@ -1,15 +1,18 @@
 """Inventory: the plan checked against the live database.
 
 Every phase calls `take_inventory` first. Blocking findings are things that would
-lose data or make a step fail (an unplanned table that DROP SCHEMA ... CASCADE would
-destroy, a planned table that is missing, a view where the plan expects a table, a
-mapping to a column that does not exist); warnings are worth reading but safe.
+lose data or make a step fail (a planned table that is missing, a view where the plan
+expects a table, a mapping to a column that does not exist, an `objects:` entry that
+cannot be honoured); warnings are worth reading but safe. An object of a legacy schema
+the plan does not name (a table no step moves, a function, a type, a trigger that is not
+carried; checks.legacy_objects) is a warning that blocks only the drop of its schema (4D).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
 from consolidation.actions import action_for
+from consolidation.checks.legacy_objects import LegacyObject, legacy_objects
 from consolidation.core import db
 from consolidation.core.catalog import Catalog, introspect
 from consolidation.core.plan import Plan, PlanError, check_against_catalog, load_plan
@@ -49,6 +52,7 @@ class Inventory:
     dependencies: list[dict]
     schema_totals: dict[str, dict]
     catalog: Catalog | None = None
+    legacy_objects: list[dict] = field(default_factory=list)  # functions, types, triggers, leftovers
 
     @property
     def blocking(self) -> list[Finding]:
@@ -67,6 +71,7 @@ class Inventory:
             "findings": [asdict(f) for f in self.findings],
             "dependencies": self.dependencies,
             "schema_totals": self.schema_totals,
+            "legacy_objects": self.legacy_objects,
         }
 
 
@@ -87,11 +92,38 @@ def take_inventory(conn=None, plan: Plan | None = None, *, dsn: str | None = Non
     schemas = list(plan.legacy_schemas) + list(plan.consolidated_schemas)
     cat = introspect(conn, schemas)
     inv = compare(plan, cat)
+    objs = legacy_objects(conn, plan)
+    found = {(o.schema, o.name) for o in objs}
+    for entry in plan.objects:
+        if (entry.schema, entry.name) not in found and entry.schema in cat.existing_schemas:
+            inv.findings.append(Finding(WARNING, "object_missing", entry.qualified,
+                                        f"{entry.label} names {entry.qualified}, which {entry.schema} does not hold",
+                                        "fix the name (a trigger is schema.table.trigger), or remove the entry"))
+    objects_of_legacy(inv, objs)
     for problem in mapping_problems(conn, plan, cat):
         obj, _, message = problem.partition(": ")
         inv.findings.insert(0, Finding(BLOCKING, "column_mapping", obj, message,
                                        "fix the step's `columns` entry (its expression, map, value or cast)"))
     return inv
+
+
+def objects_of_legacy(inv: Inventory, objs: list[LegacyObject]) -> None:
+    """The legacy schemas' functions, procedures, types, triggers and unplanned relations, each with
+    what the plan says (checks.legacy_objects): an unplanned one is a WARNING that blocks only the
+    drop of its schema (4D); a plan entry that cannot be honoured blocks."""
+    order = {BLOCKING: 0, WARNING: 1, INFO: 2}
+    for o in objs:
+        inv.legacy_objects.append({"object": o.display, "kind": o.kind, "plan": o.plan_says,
+                                   "decision": o.decision, "target": o.target})
+        if o.problem:
+            inv.findings.append(Finding(BLOCKING, "object_refused", o.qualified, o.problem,
+                                        "change the object's `objects:` entry"))
+        elif o.decision == "unplanned":
+            inv.findings.append(Finding(WARNING, "unplanned_object", o.qualified, o.unplanned_message(),
+                                        f"until then 4D does not drop {o.schema}; 4A to 4C are not affected"))
+        elif o.warning:
+            inv.findings.append(Finding(WARNING, "trigger_columns", o.qualified, o.warning))
+    inv.findings.sort(key=lambda f: (order[f.severity], f.code, f.object))
 
 
 def mapping_problems(conn, plan: Plan, cat: Catalog) -> list[str]:
@@ -113,7 +145,6 @@ def mapping_problems(conn, plan: Plan, cat: Catalog) -> list[str]:
 def compare(plan: Plan, cat: Catalog) -> Inventory:
     findings: list[Finding] = []
     objects: list[ObjectRow] = []
-    planned = {(s.source_schema, s.source_table): s for s in plan.steps}
 
     for name, legacy in plan.legacy_schemas.items():
         if name not in cat.existing_schemas:
@@ -143,32 +174,6 @@ def compare(plan: Plan, cat: Catalog) -> Inventory:
                 WARNING, "row_count_drift", step.source,
                 f"the plan states {step.stated_rows:,} rows, the database holds {rel.rows:,}",
                 "expected if the data changed since the plan was written; the gates compare with the data, not the plan"))
-
-    # Unplanned objects in legacy schemas: DROP SCHEMA ... CASCADE would destroy them.
-    owned_sequences = set()
-    for rel in cat.relations.values():
-        if rel.kind == "sequence" and rel.owned_by:
-            owner_schema, owner_table, _ = rel.owned_by.split(".", 2)
-            if (owner_schema, owner_table) in planned:
-                owned_sequences.add((rel.schema, rel.name))
-    for legacy in plan.legacy_schemas:
-        for rel in cat.in_schema(legacy):
-            key = (rel.schema, rel.name)
-            if key in planned or key in owned_sequences:
-                continue
-            rows = f" holding {rel.rows:,} rows" if rel.rows else ""
-            findings.append(Finding(
-                BLOCKING, "unplanned_object", rel.qualified,
-                f"{rel.kind} {rel.qualified}{rows} is not in the plan; dropping {legacy} would destroy it",
-                "add a step for it (copy, or delete if it is disposable), or move it out of the legacy schema"))
-    for fn in cat.functions:
-        if fn.split(".")[0] in plan.legacy_schemas:
-            findings.append(Finding(BLOCKING, "unplanned_object", fn, f"function {fn} is not in the plan",
-                                    "move it to a consolidated schema or drop it yourself before 4D"))
-    for typ in cat.types:
-        if typ.split(".")[0] in plan.legacy_schemas:
-            findings.append(Finding(BLOCKING, "unplanned_object", typ, f"type {typ} is not in the plan",
-                                    "move it to a consolidated schema or drop it yourself before 4D"))
 
     # Column drift: the plan's mappings against the actual columns.
     for problem in check_against_catalog(plan, cat):
@@ -237,6 +242,10 @@ def render(inv: Inventory) -> str:
     out += _table(("schema", "tables stated", "tables listed", "rows stated", "rows listed", "rows actual"),
                   [(s, _n(t["stated_tables"]), _n(t["listed_tables"]), _n(t["stated_rows"]),
                     _n(t["listed_rows"]), _n(t["actual_rows"])) for s, t in inv.schema_totals.items()])
+    if inv.legacy_objects:
+        out.append("")
+        out.append("Other objects of the legacy schemas (functions, types, triggers, relations no step moves):")
+        out += _table(("object", "kind", "plan"), [(o["object"], o["kind"], o["plan"]) for o in inv.legacy_objects])
     crossing = [d for d in inv.dependencies if d["crosses_schemas"]]
     if crossing:
         out.append("")

@@ -1,5 +1,5 @@
-"""`inventory`, `plan`, `sql --phase 4a|4b`, `report`: the plan and the database, read (and the
-completion report written) through consolidation.api."""
+"""`inventory`, `plan`, `sql --phase 4a|4b`, `report`, `restore`: the plan and the database, read (and
+the completion report written, a backup restored into a scratch database) through consolidation.api."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ import sys
 from consolidation import api
 from consolidation.core import db, ledger
 from consolidation.core.plan import PlanError, load_plan
+from consolidation.phases.backup import BackupFailed
 
 
 def _print(lines) -> None:
@@ -39,6 +40,9 @@ def plan(args) -> int:
         print(f"plan rejected: {exc}", file=sys.stderr)
         return 1
     _print(api.plan_summary(loaded).lines)
+    if args.graph:
+        with db.connect() as conn:
+            _print(api.step_graph(conn, loaded, written_by="consolidation plan --graph").lines)
     return 0
 
 
@@ -66,4 +70,18 @@ def report(args) -> int:
         out = api.report(conn, plan, run_id=args.run, folder=args.out, user=ledger.operator_name())
     print(out.value["markdown"])
     print(out.value["html"])
+    return 0
+
+
+def restore(args) -> int:
+    """Exit 1 when refused (one line) or when a restored table differs from the manifest."""
+    try:
+        out = api.restore_backup(args.backup, args.into, args.schema)
+    except BackupFailed as exc:
+        print("restore refused: " + " ".join(str(exc).split()), file=sys.stderr)
+        return 1
+    _print(out.lines)
+    if not out.ok:
+        print(f"restore failed: {out.failure}", file=sys.stderr)
+        return 1
     return 0

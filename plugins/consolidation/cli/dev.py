@@ -8,7 +8,7 @@ import sys
 import time
 
 from consolidation.core import db
-from consolidation.dev import demo as demo_run, fixture
+from consolidation.dev import demo as demo_run, fixture, runner
 from consolidation.dev.local_airflow import (DEFAULT_PORT, USERS, LocalAirflow, LocalAirflowError, airflow_home,
                                              dag_ids)
 
@@ -45,9 +45,13 @@ def fixture_build(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------ demo
+# ------------------------------------------------------------------ demo, one phase
 def demo(args) -> int:
     return demo_run.run(args)
+
+
+def run_phase(args) -> int:
+    return runner.run_phase(args.phase, conf=args.conf, approve_as=args.approve_as, reason=args.reason)
 
 
 # ------------------------------------------------------------------ airflow-local

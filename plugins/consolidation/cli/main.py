@@ -2,7 +2,7 @@
 option, in build_parser() below - the one place the command line is defined.
 
 Each command's handler is named "module:function" (a module of consolidation.cli: db, dev,
-commands, decisions, registry, nightly) and imported only when that command runs, so
+commands, decisions, lease, registry, nightly) and imported only when that command runs, so
 `python -m consolidation db url` imports neither the engine, nor Airflow, nor Great
 Expectations. A handler takes the parsed arguments and returns the exit code; it calls
 consolidation.api (or consolidation.dev for db, fixture, demo and airflow-local) and prints.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from typing import Sequence
 
@@ -54,6 +55,16 @@ def handler(target: str):
     """The function "module:function" of consolidation.cli names (imported now)."""
     module, _, function = target.partition(":")
     return getattr(importlib.import_module(f"consolidation.cli.{module}"), function)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"dry_run\": true}'")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="plan file (default: CONSOLIDATION_PLAN or include/plans/phase4.yaml)")
     p.add_argument("--schema", action="store_true",
                    help="print the plan's JSON Schema (include/plans/plan.schema.json) instead")
+    p.add_argument("--graph", action="store_true",
+                   help="(re)write the 4B step graph from the database's catalog (4A writes it; for where 4A ran "
+                        "elsewhere): $CONSOLIDATION_STATE_DIR/plans/<plan sha256>.graph.json")
 
     p = command("sql", "print the SQL a phase would run, without running it", "commands:sql",
                 description="Like Liquibase's update-sql: reads the live catalog, writes nothing.")
@@ -158,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", "phases, their latest gates, and any pending cleanup approval", "decisions:status")
     p.add_argument("--json", action="store_true", help="print a JSON object")
 
+    p = command("lease", "the database's run lease: holder, heartbeat, connected, pending approval; "
+                "lease release --run RUN_ID [--reason TEXT]", "lease:status",
+                description="Show which run holds the database's lease (4A, 4B, 4C, 4D, rollback: one at a time).")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    sub = p.add_subparsers(dest="lease_command", metavar="{release}")
+    p = action(sub, "release", "lease:release",
+               help="end the lease of a run that is gone for good (refused while it works or waits for approval)")
+    p.add_argument("--run", required=True, metavar="RUN_ID", help="the run id holding the lease")
+    p.add_argument("--reason", help="why (recorded with your user name in the ledger)")
+
     # ---------------------------------------------------------------- Airflow on this machine, the demo
     sub = actions(command("airflow-local", "Airflow with its UI on this machine (make airflow): start | stop | status",
                           description="Run Airflow's api-server (UI), scheduler, dag-processor and triggerer in the "
@@ -173,6 +197,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", "the whole job on the configured database, through the DAGs", "dev:demo")
     p.add_argument("--scale", type=int, default=1, help="fixture scale when the database is empty")
+    p = command("run", "one phase's DAG on your database and plan, without a scheduler: run --phase 4a|4b|4c|4d|"
+                "rollback|nightly [--conf JSON]", "dev:run_phase",
+                description="Runs the phase's DAG with `airflow dags test` (every task through Airflow) against the "
+                            "database commands use (CONSOLIDATION_DB_URL, else the embedded server) and the plan "
+                            "(CONSOLIDATION_PLAN). 4D serves Airflow's core API here while it waits and prints how "
+                            "to approve as one of the plan's approvers from another shell.")
+    p.add_argument("--phase", required=True, type=str.lower, choices=["4a", "4b", "4c", "4d", "rollback", "nightly"])
+    p.add_argument("--conf", type=_json_object, default=None, metavar="JSON",
+                   help='the run\'s params, e.g. \'{"dry_run": true}\' (4B) or \'{"backup_dir": "/backups"}\' (4D)')
+    p.add_argument("--approve-as", metavar="USER", help="4D: approve as this plan approver from this process")
+    p.add_argument("--reason", help="with --approve-as: why (at least 10 characters)")
+
+    p = command("restore", "restore a 4D backup into a scratch database and verify it: --backup DIR --into DSN",
+                "commands:restore",
+                description="Restores the archives of one 4D backup folder (manifest.json beside them) into the "
+                            "database --into (one transaction, with the pg_restore of that server's version when it "
+                            "reads them), then compares every table's checksum with the manifest and prints rows and "
+                            "OK/MISMATCH per table. Refuses, in one line, an archive whose sha256 differs from the "
+                            "manifest and a database in which those schemas already hold objects. Exit 1 when "
+                            "refused or a table differs.")
+    p.add_argument("--backup", required=True, metavar="DIR", help="the backup folder (e.g. .state/backups/<run id>)")
+    p.add_argument("--into", required=True, metavar="DSN", help="the scratch database to restore into")
+    p.add_argument("--schema", action="append", metavar="S", help="restore only this schema (repeatable)")
 
     p = command("report", "write the Phase 4 completion report (Markdown + HTML): [--run ID] [--out DIR]",
                 "commands:report",

@@ -15,11 +15,12 @@ from consolidation.core import config, strict_yaml
 from consolidation.core.columns.mapping import ColumnMap, parse_columns, yaml_trap
 from consolidation.core.errors import PlanError
 from consolidation.core.planfile import schema as plan_schema
+from consolidation.core.planfile.objects import PlannedObject, parse_objects
 
 OBJECT_KINDS = ("table", "view")
 VIEW_MODES = ("snapshot", "recreate")
 
-_TOP_KEYS = {"plan", "description", "consolidated_schemas", "legacy_schemas", "tool", "defaults", "steps", "smoke_dir", "approvers"}
+_TOP_KEYS = {"plan", "description", "consolidated_schemas", "legacy_schemas", "tool", "defaults", "steps", "smoke_dir", "approvers", "objects"}
 _LEGACY_KEYS = {"stated_tables", "stated_rows", "drop_schema"}
 # Keys of every step; each action names the others it accepts (plan_keys).
 _COMMON_STEP_KEYS = {"source", "action", "rows", "object", "view_mode", "quarantine_threshold"}
@@ -129,6 +130,7 @@ class Step:
     batch_rows: int | None = None  # copy/union: above this many source rows, 4B moves key-range batches
     freshness: Freshness | None = None
     ignore: dict[str, str] = field(default_factory=dict)  # source column -> reason
+    drop_foreign_keys: dict[str, str] = field(default_factory=dict)  # legacy FK constraint -> why not carried
 
     @property
     def source(self) -> str:
@@ -182,6 +184,11 @@ class Plan:
     sha256: str = ""
     smoke_dir: str | None = None  # the 4C service smoke queries' folder, relative to the plan file
     approvers: list[str] = field(default_factory=list)  # Airflow users who may approve 4D (four eyes)
+    objects: list[PlannedObject] = field(default_factory=list)  # legacy functions, types, triggers, leftovers
+
+    def planned_object(self, schema: str, name: str) -> PlannedObject | None:
+        """The `objects:` entry for schema.name (name: `table.trigger` for a trigger), or None."""
+        return next((o for o in self.objects if o.schema == schema and o.name == name), None)
 
     def smoke_folder(self) -> Path | None:
         """The plan's smoke-query folder (absolute), or None when the plan names none."""
@@ -314,9 +321,17 @@ def parse_plan(raw: Any, where: str = "plan") -> Plan:
         steps=steps,
         smoke_dir=str(raw["smoke_dir"]) if raw.get("smoke_dir") else None,
         approvers=list(dict.fromkeys(str(a) for a in raw.get("approvers") or [])),
+        objects=_parse_objects(raw.get("objects"), consolidated, legacy, steps, where),
     )
     _check_plan(plan)
     return plan
+
+
+def _parse_objects(raw, consolidated, legacy, steps: list[Step], where: str) -> list[PlannedObject]:
+    try:
+        return parse_objects(raw, consolidated, legacy, {s.source: s.index for s in steps})
+    except PlanError as exc:
+        raise PlanError(f"{where}: {exc}") from None
 
 
 def _batch_rows(value, what: str) -> int | None:
@@ -387,6 +402,11 @@ def _parse_step(i, entry, consolidated, legacy, default_threshold, default_view_
     if not isinstance(ignore, dict) or any(not str(v or "").strip() for v in ignore.values()):
         raise PlanError(f"{label}: `ignore` maps a source column to the reason it is not migrated")
     step.ignore = {str(k): str(v) for k, v in ignore.items()}
+    dropped = entry.get("drop_foreign_keys") or {}
+    if not isinstance(dropped, dict) or any(not str(v or "").strip() for v in dropped.values()):
+        raise PlanError(f"{label}: `drop_foreign_keys` maps a foreign key constraint of {step.source} to the reason "
+                        "it is not carried to the target")
+    step.drop_foreign_keys = {str(k): str(v) for k, v in dropped.items()}
     op.parse(step, entry, label)
 
     fresh = entry.get("freshness")
@@ -489,6 +509,14 @@ def check_against_catalog(plan: Plan, catalog) -> list[str]:
         for col in s.ignore:
             if col not in src_cols:
                 problems.append(f"{s.label}: ignore lists {col!r}, which {s.source} does not have")
+        if s.drop_foreign_keys:  # a name that is no foreign key of the source would hide a typo
+            fks = sorted(d.detail.split(":", 1)[0] for d in catalog.dependencies
+                         if d.kind == "foreign_key" and d.dependent == s.source)
+            for name in s.drop_foreign_keys:
+                if name not in fks:
+                    problems.append(f"{s.label}: drop_foreign_keys names {name!r}, which is no foreign key of "
+                                    f"{s.source} ({'its foreign keys: ' + ', '.join(fks) if fks else 'it has none'}); "
+                                    "fix the constraint name")
         tgt_cols = catalog.columns(s.target_schema, s.target_table)
         if tgt_cols is None:
             continue  # created by 4A from the source

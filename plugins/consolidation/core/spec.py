@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from psycopg import sql
 
 from consolidation.core.catalog import Catalog, QualifiedName, table_details
-from consolidation.core.columns.check import expression_type, lexical_problem, normalise_type
+from consolidation.core.columns.check import expression_type, lexical_problem, normalise_type, volatile_functions
 from consolidation.core.columns.mapping import ColumnMap
 from consolidation.core.columns.render import value_sql
 from consolidation.core.plan import Plan, PlanError, Step, action_of
@@ -78,10 +78,27 @@ class ForeignKey:
     ref_table: str
     ref_columns: list[str]
     source: str  # the legacy constraint it re-points
+    not_valid: bool = False  # onto a target that held rows before the plan: added NOT VALID, validated by 4B
+    step: str = ""  # the step whose source had it
 
     @property
     def name(self) -> str:
         return _short(f"{self.ref_table}_{'_'.join(self.columns)}_fkey")
+
+
+@dataclass
+class UncarriedKey:
+    """A legacy foreign key that 4A does not carry: dropped by the plan (`drop_foreign_keys`,
+    `reason` is the plan's) or impossible (`reason` says why: the 4A gate fails on it)."""
+
+    step: str
+    label: str
+    constraint: str
+    definition: str
+    reason: str
+
+    def line(self, source: str, target: str) -> str:
+        return f"{self.label}: foreign key {self.constraint} ({self.definition}) of {source} not carried to {target}: {self.reason}"
 
 
 @dataclass
@@ -112,6 +129,8 @@ class TargetSpec(QualifiedName):
     key: list[str] = field(default_factory=list)  # target columns identifying a source row
     created_by_plan: bool = False  # 4A created it (the ledger says so)
     added_types: dict[str, str] = field(default_factory=dict)  # add_columns' types as the server spells them
+    dropped_foreign_keys: list[UncarriedKey] = field(default_factory=list)  # the plan's drop_foreign_keys
+    foreign_key_problems: list[UncarriedKey] = field(default_factory=list)  # cannot be carried: the 4A gate fails
 
     @property
     def exists_before_plan(self) -> bool:
@@ -149,7 +168,11 @@ def derive_specs(conn, plan: Plan, catalog: Catalog, created: set[str] | frozens
         spec = specs.get(step.target)
         if spec is None:
             spec = specs[step.target] = TargetSpec(step.target_schema, step.target_table, "table", [])
-            spec.exists = catalog.relation(step.target_schema, step.target_table) is not None
+            rel = catalog.relation(step.target_schema, step.target_table)
+            if rel is not None and rel.kind != "table" and not step.is_recreated_view:
+                raise PlanError(f"{step.label}: target {step.target} is a {rel.kind}, not a table: a {step.action} "
+                                "writes rows into a table; name a table (or a new name, which 4A creates) as its target")
+            spec.exists = rel is not None
             spec.created_by_plan = step.target in created
         spec.steps.append(step)
         for name, added in step.add_columns.items():
@@ -172,6 +195,8 @@ def flows_for(conn, catalog: Catalog, step: Step, existing=None) -> list[Flow]:
     """Target columns of a step and how each is computed from the source row (its action says),
     proven complete (every mapping of the plan fills its column, no column is filled twice) and
     checked by the database (every computed column, typed against its target)."""
+    if existing is not None and existing.kind != "table" and not step.is_recreated_view:
+        existing = None  # a view as a target is refused in one line (catalog_problems, derive_specs)
     flows = action_of(step).flows(conn, catalog, step, existing)
     check_flows(conn, step, flows)
     return flows
@@ -206,6 +231,14 @@ def check_flows(conn, step: Step, flows: list[Flow]) -> None:
         for f in computed:
             expression_type(conn, f.expr(step), src, f"{step.label}: columns.{f.target} ({f.mapping.describe()})")
         raise
+    if volatile_functions(conn, [f.expr(step) for f in computed], src):  # one probe; per column only to name it
+        for f in computed:
+            called = volatile_functions(conn, [f.expr(step)], src)
+            if called:
+                raise PlanError(f"{step.label}: columns.{f.target} ({f.mapping.describe()}) calls the volatile "
+                                f"function(s) {', '.join(called)}: its value changes at every call, so the 4B gate, "
+                                "which computes each expression again on the source side, could never prove it; "
+                                "compute it from the source row only, or fill it by the target's default")
 
 
 def _fill(conn, plan: Plan, catalog: Catalog, spec: TargetSpec) -> None:
@@ -244,40 +277,100 @@ def portable_default(default: str, plan: Plan, spec: TargetSpec, step: Step) -> 
 
 
 def _repoint_foreign_keys(conn, plan: Plan, catalog: Catalog, specs: dict[str, TargetSpec]) -> None:
-    """Each legacy FK becomes an FK between the targets of both ends."""
+    """Each legacy FK of a step's source becomes an FK between the targets of both ends, onto
+    targets that existed before the plan too (NOT VALID there: their own rows are validated by
+    4B once the step has loaded). One the plan drops (`drop_foreign_keys`) is recorded with its
+    reason; one that cannot be carried is a problem the 4A gate fails on, with the reason."""
     for spec in specs.values():
-        if spec.exists_before_plan or spec.kind != "table" or len(spec.steps) != 1 or spec.steps[0].object == "view":
+        if spec.kind != "table":
             continue
-        step = spec.steps[0]
-        rename = {f.source: f.target for f in spec.flows[step.name] if f.source}
-        constraints, _ = table_details(conn, step.source_schema, step.source_table)
-        for con in constraints:
-            if con.type != "f":
-                continue
-            if con.ref_schema not in plan.legacy_schemas:
-                spec.foreign_keys.append(ForeignKey([rename[c] for c in con.columns], con.ref_schema, con.ref_table,
-                                                    con.ref_columns, con.name))
-                continue
-            # the referenced step's action says where (if anywhere) its source's columns live on
-            ref_step = plan.step_for_source(con.ref_schema, con.ref_table)
-            ref_action = action_of(ref_step) if ref_step is not None else None
-            ref_spec = specs.get(ref_step.target) if ref_step is not None else None
-            ref_cols = ref_action.fk_columns(ref_step, ref_spec, con.ref_columns) if ref_action else None
-            if ref_cols is None:
-                spec.notes.append(f"foreign key {con.name} ({con.definition}) not carried over: "
-                                  f"{con.ref_schema}.{con.ref_table} is not migrated one-to-one")
-                continue
-            if None in ref_cols:
-                spec.notes.append(f"foreign key {con.name} not carried over: referenced columns are not migrated")
-                continue
-            problem = ref_action.fk_problem(ref_step, ref_spec, ref_cols)
-            if problem and ref_spec.exists and unique_in_catalog(conn, ref_spec.schema, ref_spec.table, ref_cols):
-                problem = None  # the live table says so: a unique constraint, or a unique index, on those columns
-            if problem:
-                spec.notes.append(f"foreign key {con.name} not carried over: {problem}")
-                continue
-            spec.foreign_keys.append(ForeignKey([rename[c] for c in con.columns], ref_spec.schema, ref_spec.table,
-                                                ref_cols, con.name))
+        for step in spec.steps:
+            fks = [] if step.object == "view" else [
+                c for c in table_details(conn, step.source_schema, step.source_table)[0] if c.type == "f"]
+            names = sorted(c.name for c in fks)
+            for name in step.drop_foreign_keys:
+                if name not in names:
+                    raise PlanError(f"{step.label}: drop_foreign_keys names {name!r}, which is no foreign key of "
+                                    f"{step.source} ({'its foreign keys: ' + ', '.join(names) if names else 'it has none'}); "
+                                    "fix the constraint name")
+            for con in fks:
+                reason = step.drop_foreign_keys.get(con.name)
+                if reason is not None:
+                    spec.dropped_foreign_keys.append(UncarriedKey(step.name, step.label, con.name, con.definition, reason))
+                    continue
+                fk, problem = _carried(conn, plan, specs, spec, step, con)
+                if problem:
+                    spec.foreign_key_problems.append(UncarriedKey(step.name, step.label, con.name, con.definition,
+                                                                  problem + "; fix it, or list the constraint under "
+                                                                  "the step's drop_foreign_keys with a reason"))
+                elif not any((f.columns, f.ref_schema, f.ref_table, f.ref_columns) ==
+                             (fk.columns, fk.ref_schema, fk.ref_table, fk.ref_columns) for f in spec.foreign_keys):
+                    spec.foreign_keys.append(fk)
+
+
+def _carried(conn, plan: Plan, specs: dict[str, TargetSpec], spec: TargetSpec, step: Step,
+             con) -> tuple[ForeignKey | None, str | None]:
+    """The target FK re-pointing legacy constraint `con` of `step`'s source, or why there is none."""
+    if len(spec.steps) > 1:
+        return None, (f"{spec.qualified} is fed by {len(spec.steps)} steps, and a foreign key of one source would "
+                      "also constrain the other sources' rows")
+    rename = {f.source: f.target for f in spec.flows[step.name] if f.source}
+    rename.update({s: t for t, s in step.key.items()})
+    lost = [c for c in con.columns if c not in rename]
+    if lost:
+        return None, f"its column(s) {', '.join(lost)} have no column of their own in {spec.qualified}"
+    cols = [rename[c] for c in con.columns]
+    not_valid = spec.exists_before_plan
+    if con.ref_schema not in plan.legacy_schemas:  # it points outside the legacy schemas: it stays where it points
+        return ForeignKey(cols, con.ref_schema, con.ref_table, con.ref_columns, con.name, not_valid, step.name), None
+    referenced = f"{con.ref_schema}.{con.ref_table}"
+    ref_step = plan.step_for_source(con.ref_schema, con.ref_table)
+    if ref_step is None:
+        return None, f"it references {referenced}, which the plan does not list"
+    ref_spec = specs.get(ref_step.target) if ref_step.target else None
+    ref_action = action_of(ref_step)
+    ref_cols = ref_action.fk_columns(ref_step, ref_spec, con.ref_columns) if ref_spec is not None else None
+    if ref_cols is None:
+        how = f"{ref_step.action} into {ref_step.target}" if ref_step.target else ref_step.action
+        return None, f"it references {referenced}, which is not migrated one-to-one ({how}): its rows keep no key to point at"
+    if None in ref_cols:
+        return None, (f"it references {referenced}({', '.join(con.ref_columns)}), whose column(s) "
+                      f"{', '.join(c for c, t in zip(con.ref_columns, ref_cols) if t is None)} are not migrated")
+    if not (_unique_in_spec(ref_spec, ref_step, ref_cols)
+            or (ref_spec.exists and unique_in_catalog(conn, ref_spec.schema, ref_spec.table, ref_cols))):
+        problem = ref_action.fk_problem(ref_step, ref_spec, ref_cols)
+        return None, problem or (f"{ref_spec.qualified}({', '.join(ref_cols)}) has no primary key, unique constraint "
+                                 "or unique index, which a foreign key must reference")
+    for c, rc in zip(cols, ref_cols):
+        mine, theirs = _column_type(spec, c), _column_type(ref_spec, rc)
+        if mine and theirs and not types_fit(mine, theirs):
+            return None, (f"{spec.qualified}.{c} is {mine} but {ref_spec.qualified}.{rc} is {theirs}; "
+                          f"cast it in the plan (columns.{c}: {{from: ..., cast: {theirs}}}) or fix a target")
+    return ForeignKey(cols, ref_spec.schema, ref_spec.table, ref_cols, con.name, not_valid, step.name), None
+
+
+def _unique_in_spec(spec: TargetSpec, step: Step, columns: list[str]) -> bool:
+    """Whether the spec (what 4A creates or adds) makes these columns a key."""
+    wanted = sorted(columns)
+    keys = [spec.primary_key, *spec.uniques, *(ix.columns for ix in spec.indexes if ix.unique)]
+    keys += [[n] for s in spec.steps for n, a in s.add_columns.items() if a.unique]
+    return any(k and sorted(k) == wanted for k in keys)
+
+
+def _column_type(spec: TargetSpec, column: str) -> str | None:
+    col = spec.column(column)
+    return col.type if col is not None else spec.added_types.get(column)
+
+
+_TYPE_FAMILIES = ({"smallint", "integer", "bigint"}, {"text", "character varying", "character"},
+                  {"numeric"}, {"real", "double precision"})
+
+
+def types_fit(a: str, b: str) -> bool:
+    """Whether a foreign key column of type `a` may reference one of type `b` (the same type,
+    modifiers aside, or two of one family PostgreSQL compares without a cast: integers, strings)."""
+    base_a, base_b = re.sub(r"\(.*\)$", "", a).strip(), re.sub(r"\(.*\)$", "", b).strip()
+    return base_a == base_b or any(base_a in f and base_b in f for f in _TYPE_FAMILIES)
 
 
 def unique_in_catalog(conn, schema: str, table: str, columns: list[str]) -> bool:

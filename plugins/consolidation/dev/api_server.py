@@ -23,16 +23,20 @@ USERS = {"operator": "op", "approver": "admin"}
 PASSWORDS_FILE = "simple_auth_manager_passwords.json"
 
 
-def auth_env(home: Path) -> dict[str, str]:
-    """SimpleAuthManager with the two logins; passwords generated once into `home`."""
+def auth_env(home: Path, users: dict[str, str] | None = None) -> dict[str, str]:
+    """SimpleAuthManager with the logins `users` ({name: role}, default USERS); passwords
+    generated once per user into `home` (a user added later gets one then)."""
+    users = users or USERS
     path = home / PASSWORDS_FILE
-    if not path.is_file():
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    if set(users) - set(known):
         home.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({u: secrets.token_urlsafe(12) for u in USERS}))
+        known |= {u: secrets.token_urlsafe(12) for u in users if u not in known}
+        path.write_text(json.dumps(known))
         path.chmod(0o600)
     return {"AIRFLOW__CORE__AUTH_MANAGER":
             "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in USERS.items()),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in users.items()),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(path)}
 
@@ -48,12 +52,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve(home: Path, port: int | None = None) -> Iterator[str]:
+def serve(home: Path, port: int | None = None, users: dict[str, str] | None = None) -> Iterator[str]:
     """The core API on http://127.0.0.1:<port> while the block runs (a uvicorn thread); yields the URL.
-    Sets the auth environment in this process (the app reads its configuration on creation)."""
+    Sets the auth environment in this process (the app reads its configuration on creation);
+    `users`: the logins ({name: role}, default USERS)."""
     import uvicorn
 
-    os.environ.update(auth_env(home))
+    os.environ.update(auth_env(home, users))
     from airflow.api_fastapi.app import create_app, purge_cached_app
 
     port = port or _free_port()

@@ -7,28 +7,16 @@ short summary per phase; Airflow's own log goes to a file in the state folder.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from consolidation.core import config, db
+from consolidation.dev.runner import airflow_env, migrate_metadata, run_cleanup, run_dag, summarise
 
 PHASE_DAGS = [
     ("4A", "phase4a_schema_extension"),
     ("4B", "phase4b_data_migration"),
     ("4C", "phase4c_service_updates"),
 ]
-
-
-def _airflow_env(dsn: str) -> None:
-    os.environ.setdefault("AIRFLOW_HOME", str(config.state_dir() / "airflow"))
-    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(config.REPO_ROOT / "dags"))
-    os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(config.REPO_ROOT / "plugins"))
-    os.environ["AIRFLOW_CONN_CONSOLIDATION_DB"] = db.dsn_to_airflow_uri(dsn)
-    os.environ.pop("CONSOLIDATION_DB_URL", None)  # tasks use the Airflow connection, like in production
-    Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
 def run(args) -> int:
@@ -59,23 +47,23 @@ def run(args) -> int:
         print("the inventory blocks the migration: fix the findings above, then run `make demo` again")
         return 1
 
-    _airflow_env(dsn)
+    airflow_env(dsn)
     log_path = config.state_dir() / "demo-airflow.log"
     print(f"\nAirflow: AIRFLOW_HOME={os.environ['AIRFLOW_HOME']}; `airflow dags test` output in {log_path}")
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    migrate_metadata()
     for phase, dag_id in PHASE_DAGS:
         if not (config.REPO_ROOT / "dags" / f"{dag_id}.py").exists():
             print(f"\n== {phase}: {dag_id} is not available yet, stopping here")
             break
-        state = _run_dag(dag_id, log_path)
-        _summarise(dsn, phase, dag_id, state)
+        state = run_dag(dag_id, log_path)
+        summarise(dsn, phase, _plan())
         if state != "success":
             print(f"\n{dag_id} ended {state}: see {log_path}; nothing after it was run")
             return 1
     else:
         if (config.REPO_ROOT / "dags" / "phase4d_legacy_cleanup.py").exists():
             state = _run_cleanup_with_cli_approval(dsn, log_path)
-            _summarise(dsn, "4D", "phase4d_legacy_cleanup", state)
+            summarise(dsn, "4D", _plan())
             if state != "success":
                 print(f"\nphase4d_legacy_cleanup ended {state}: see {log_path}")
                 return 1
@@ -88,44 +76,9 @@ def _run_cleanup_with_cli_approval(dsn: str, log_path: Path) -> str:
     """4D parks in its human-in-the-loop approval; Airflow's core API is served from this process
     on the same metadata database (dev.api_server), and the demo approves as a person would:
     `consolidation approve --user approver` over HTTP, Airflow checking that approver is assigned."""
-    import json
-
-    from consolidation import api
-    from consolidation.dev import api_server
-
-    dag_id = "phase4d_legacy_cleanup"
-    home = Path(os.environ["AIRFLOW_HOME"])
-    # the API's per-request access lines (the demo polls every 2 s) would bury the demo's own output
-    os.environ.setdefault("AIRFLOW__LOGGING__NAMESPACE_LEVELS", "http.access=WARNING")
-    print(f"\n== airflow dags test {dag_id} (destructive: waits for an approval) ...", flush=True)
-    started = time.monotonic()
-    cmd = [sys.executable, "-m", "airflow", "dags", "test", dag_id, "--conf",
-           json.dumps({"approval_timeout_hours": 0.25})]
-    with api_server.serve(home) as url, open(log_path, "a", encoding="utf-8") as log:
-        password = api_server.passwords(home)["approver"]
-        log.write(f"\n\n===== {' '.join(cmd)}\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        token = api.airflow_token(url, "approver", password)
-        waiting = []
-        while proc.poll() is None and not waiting:
-            time.sleep(2)
-            waiting = api.pending_approvals(url, token)
-        if waiting:
-            print(f"   waiting in Airflow's Required Actions: {waiting[0]['subject']}")
-            approve = [sys.executable, "-m", "consolidation", "approve", "--user", "approver", "--airflow-url", url,
-                       "--reason", "make demo: backups verified by the DAG, reconciliation digest unchanged"]
-            print(f"   approving as the approver through Airflow's REST API while it waits:\n     consolidation "
-                  f"approve --user approver --airflow-url {url} --reason \"make demo: ...\"")
-            env = dict(os.environ, CONSOLIDATION_AIRFLOW_PASSWORD=password)
-            done = subprocess.run(approve, env=env, capture_output=True, text=True)
-            print("   " + (done.stdout.strip() or done.stderr.strip()).replace("\n", "\n   "))
-        proc.wait()
-    text = log_path.read_text(encoding="utf-8", errors="replace")
-    tail = text[text.rfind("===== "):]
-    state = "success" if proc.returncode == 0 and "state=success" in tail else "failed"
-    print(f"   {dag_id}: {state} in {time.monotonic() - started:.0f} s")
-    return state
+    return run_cleanup(log_path, {"approval_timeout_hours": 0.25}, approvers=_plan().approvers or ["approver"],
+                       approve_as="approver",
+                       reason="make demo: backups verified by the DAG, reconciliation digest unchanged")
 
 
 def _print_report(dsn: str) -> None:
@@ -147,36 +100,3 @@ def _plan():
     from consolidation.core.plan import load_plan
 
     return load_plan()
-
-
-def _run_dag(dag_id: str, log_path: Path, conf: str | None = None) -> str:
-    """`airflow dags test DAG_ID`: one real DAG run, executed in-process by Airflow."""
-    print(f"\n== airflow dags test {dag_id} ...", flush=True)
-    started = time.monotonic()
-    cmd = [sys.executable, "-m", "airflow", "dags", "test", dag_id] + (["--conf", conf] if conf else [])
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"\n\n===== {' '.join(cmd)}\n")
-        log.flush()
-        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-    text = log_path.read_text(encoding="utf-8", errors="replace")
-    tail = text[text.rfind("===== "):]
-    state = "success" if done.returncode == 0 and "state=success" in tail else "failed"
-    print(f"   {dag_id}: {state} in {time.monotonic() - started:.0f} s")
-    return state
-
-
-def _summarise(dsn: str, phase: str, dag_id: str, state: str) -> None:
-    from consolidation.core import ledger
-
-    plan = _plan()
-    with db.connect(dsn) as conn:
-        gate = ledger.latest(conn, plan, phase=phase, kind="gate")
-        if phase == "4B":
-            for r in ledger.latest_run_rows(conn, plan, phase="4B", kind="step"):
-                print(f"   {r['source']:<42} -> {r['target']:<45} read {r['rows_read'] or 0:>6}  "
-                      f"inserted {r['rows_inserted'] or 0:>6}  merged {r['rows_merged'] or 0:>3}  "
-                      f"quarantined {r['rows_quarantined'] or 0}")
-    if gate is not None:
-        d = gate["details"]
-        print(f"   gate {phase}: {gate['status']}, {d.get('checks', '?')} checks, {d.get('failed', '?')} failed, "
-              f"at {gate['finished_at']:%Y-%m-%d %H:%M:%S}")

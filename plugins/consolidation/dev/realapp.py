@@ -14,9 +14,9 @@ table nobody planned, and an application role with write grants on the legacy ta
 Its plan is include/plans/realapp.yaml; its SQL is include/sql/realapp/ (static, so two
 builds are identical row for row; the session TimeZone is pinned to UTC while it runs).
 
-`build(dsn)` builds all of it in one transaction. `trigger=False` leaves out the trigger
-and its function, `unplanned=False` the leftover table: the engine's handling of those is
-work of its own, and tests of the rest can opt out of them.
+`build(dsn)` builds all of it in one transaction. Its plan recreates the trigger's function
+(the trigger follows its copied table) and drops the leftover table (`objects:`).
+`trigger=False` leaves out the trigger and its function, `unplanned=False` the leftover table.
 """
 from __future__ import annotations
 

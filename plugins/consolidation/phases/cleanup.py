@@ -3,9 +3,9 @@
 Order of a cleanup (dags/phase4d_legacy_cleanup.py wires it; each function here is
 usable from a shell or a test):
 
-1. `preflight`: the inventory again (an unplanned object in a legacy schema, or an
-   object elsewhere that depends on a legacy one, blocks), then the 4B reconciliation
-   again. Rows that reached a legacy table after 4B ("late rows": a service still
+1. `preflight`: the inventory again (a blocking finding, or an object elsewhere that
+   depends on a legacy one, blocks; an object of a legacy schema the plan does not name
+   blocks only the drop of its schema, step 4), then the 4B reconciliation again. Rows that reached a legacy table after 4B ("late rows": a service still
    writing to an old name) block the cleanup, named with their counts - unless the run
    says `resync_late_rows`, in which case the affected 4B steps are re-run
    (migrate.run_step, idempotent: only the missing rows move) and proven again. Either
@@ -22,7 +22,10 @@ usable from a shell or a test):
    legacy object (a planned view reading the table, a foreign key from a planned table
    of another legacy schema) is dropped explicitly first and recorded, with its
    definition; any other dependent - or any unplanned object in the schema - stops the
-   drop, named, and the transaction rolls back: nothing of that schema is dropped.
+   drop, named, and the transaction rolls back: nothing of that schema is dropped. The
+   plan's `objects:` of the schema go with it: relations given `drop:` with the tables
+   (locked and checked against the backup like them), then its functions and types
+   (`drop:` and the legacy originals of `recreate:`; phases.objects.recreate).
    `legacy_schemas.<name>.drop_schema: false` (the default for public) keeps the
    emptied schema.
 5. The post-cleanup gate (`gate_4d_checks`, phase 4D, `gate_4D`).
@@ -34,7 +37,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from consolidation.checks.legacy_objects import legacy_objects, unplanned
 from consolidation.phases import backup as backups
+from consolidation.phases.objects import recreate
 from consolidation.core import dsn as dsns, ledger
 from consolidation.core.plan import Plan
 from consolidation.core.catalog import CHECKSUM, qualified_ident as _q, row_hashes
@@ -245,38 +250,16 @@ def _dependents(conn, name: str) -> list[dict]:
 
 
 def unplanned_in_schema(conn, plan: Plan, schema: str) -> list[str]:
-    """Relations, functions and types in a legacy schema that the plan does not name
-    (sequences owned by planned tables and the row types of relations excepted)."""
-    planned = [s.source_table for s in plan.steps_for_schema(schema)]
-    rows = conn.execute("""
-        SELECT CASE c.relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
-                              WHEN 'f' THEN 'foreign table' WHEN 'c' THEN 'type' ELSE 'table' END || ' ' ||
-               n.nspname || '.' || c.relname
-          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = %(s)s AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c') AND NOT c.relispartition
-           AND c.relname <> ALL(%(p)s)
-           AND NOT EXISTS (SELECT 1 FROM pg_depend d JOIN pg_class o ON o.oid = d.refobjid
-                            WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i')
-                              AND d.refclassid = 'pg_class'::regclass AND o.relnamespace = n.oid
-                              AND o.relname = ANY(%(p)s))
-           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                            AND d.deptype = 'e')
-        UNION ALL
-        SELECT 'function ' || n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'
-          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-         WHERE n.nspname = %(s)s
-           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
-        UNION ALL
-        SELECT 'type ' || n.nspname || '.' || t.typname
-          FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-         WHERE n.nspname = %(s)s AND t.typtype IN ('e', 'd', 'r', 'm')
-           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e')
-        ORDER BY 1""", {"s": schema, "p": planned}).fetchall()
-    return [r[0] for r in rows]
+    """What in a legacy schema the plan does not name (checks.legacy_objects: relations no step
+    moves, functions, procedures, types, triggers not carried; sequences owned by a table and the
+    row types of relations go with their owner), one message each saying what to add to the plan."""
+    return [o.unplanned_message() for o in unplanned(legacy_objects(conn, plan, [schema]))]
 
 
 def _planned_sources(plan: Plan) -> set[str]:
-    return {s.source for s in plan.steps}
+    """Relations the cleanup drops: the steps' tables and views, and the `objects:` it drops."""
+    return {s.source for s in plan.steps} | {n for schema in plan.legacy_schemas
+                                              for n in recreate.dropped_relations(plan, schema)}
 
 
 def drop_schema_objects(conn, plan: Plan, schema: str, *, run_id: str, user: str | None,
@@ -295,7 +278,8 @@ def drop_schema_objects(conn, plan: Plan, schema: str, *, run_id: str, user: str
     done: list[str] = []
     try:
         with conn.transaction():
-            present = [(s.source, _relkind(conn, s.source)) for s in steps]
+            present = [(n, _relkind(conn, n)) for n in [s.source for s in steps]
+                       + recreate.dropped_relations(plan, schema)]
             present = [(n, k) for n, k in present if k]
             conn.execute("SELECT set_config('lock_timeout', '60s', true)")
             if present:  # nobody writes, reads into a new view or adds a key while we check and drop
@@ -304,9 +288,8 @@ def drop_schema_objects(conn, plan: Plan, schema: str, *, run_id: str, user: str
             unplanned = unplanned_in_schema(conn, plan, schema)
             if unplanned:
                 raise CleanupBlocked(
-                    f"schema {schema} holds object(s) the plan does not name: {', '.join(unplanned)}; "
-                    f"nothing of {schema} was dropped. Move them out of {schema}, or add them to the plan "
-                    "(copy or delete) and run the phases again")
+                    f"schema {schema} is not dropped, nothing of it was: " + "; ".join(unplanned)
+                    + f" (or move them out of {schema}), then re-run phase4d_legacy_cleanup")
             # the data about to be dropped must be exactly what the archive holds
             recorded = backup_row["details"]["tables"]
             backups.pin_output(conn)
@@ -383,6 +366,9 @@ def drop_schema_objects(conn, plan: Plan, schema: str, *, run_id: str, user: str
                 if not progressed:
                     raise CleanupBlocked(f"tables of {schema} reference each other in a cycle ({', '.join(remaining)}); "
                                          "drop one of the foreign keys yourself, then re-run")
+            for obj, stmt in recreate.drop_statements(conn, plan, schema):  # routines, then types
+                conn.execute(stmt)
+                record("drop_object", obj, f"dropped {obj} (plan: objects; in the backup)")
             left = unplanned_in_schema(conn, plan, schema)
             if left:
                 raise CleanupBlocked(f"after the planned drops, {schema} still holds {', '.join(left)}; "

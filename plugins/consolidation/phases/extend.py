@@ -16,7 +16,7 @@ from psycopg import sql
 from consolidation.core import ledger
 from consolidation.core.catalog import Catalog, table_details
 from consolidation.core.columns.check import select_problem
-from consolidation.phases.objects import privileges
+from consolidation.phases.objects import privileges, recreate
 from consolidation.core.plan import Plan, PlanError
 from consolidation.core.session import load_specs
 from consolidation.core.spec import TargetSpec, compare_existing
@@ -130,17 +130,49 @@ def finalize_ddl(specs: dict[str, TargetSpec], catalog: Catalog, conn) -> list[D
             continue
         if not spec.foreign_keys:
             continue
-        existing = {c.name for c in table_details(conn, spec.schema, spec.table)[0] if c.type == "f"} if spec.exists else set()
+        present = [c for c in table_details(conn, spec.schema, spec.table)[0] if c.type == "f"] if spec.exists else []
         for fk in spec.foreign_keys:
-            if fk.name in existing:
-                continue
+            if any(c.name == fk.name or (c.columns, c.ref_schema, c.ref_table, c.ref_columns)
+                   == (fk.columns, fk.ref_schema, fk.ref_table, fk.ref_columns) for c in present):
+                continue  # made by an earlier run, or the target already has this very key
+            # onto a table with rows of its own: NOT VALID (rows inserted from now on are checked);
+            # 4B validates it once the step has loaded (actions.base.validate_foreign_keys)
             out.append(DDL("foreign_key", spec.qualified, [sql.SQL(
-                "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({})").format(
+                "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}){}").format(
                 spec.ident, sql.Identifier(fk.name), sql.SQL(", ").join(map(sql.Identifier, fk.columns)),
                 sql.Identifier(fk.ref_schema, fk.ref_table),
-                sql.SQL(", ").join(map(sql.Identifier, fk.ref_columns)))],
-                {"kind": "foreign_key", "constraint": fk.name, "repoints": fk.source}))
+                sql.SQL(", ").join(map(sql.Identifier, fk.ref_columns)), sql.SQL(" NOT VALID" if fk.not_valid else ""))],
+                {"kind": "foreign_key", "constraint": fk.name, "repoints": fk.source, "not_valid": fk.not_valid}))
     return out
+
+
+def uncarried_foreign_keys(specs: dict[str, TargetSpec]) -> list[tuple[str, str, str]]:
+    """(status, target, line) of every legacy foreign key 4A does not carry: `dropped` (the plan's
+    drop_foreign_keys, with its reason) or `refused` (cannot be carried: the 4A gate fails on it)."""
+    out = []
+    for spec in specs.values():
+        for status, keys in (("dropped", spec.dropped_foreign_keys), ("refused", spec.foreign_key_problems)):
+            for k in keys:
+                source = next(s.source for s in spec.steps if s.name == k.step)
+                out.append((status, spec.qualified, k.line(source, spec.qualified)))
+    return out
+
+
+def record_uncarried(conn, plan: Plan, specs: dict[str, TargetSpec], *, run_id: str, user: str | None) -> list[str]:
+    """One ledger row (phase 4A, kind ddl, details.kind foreign_key_dropped: nothing to undo) per legacy foreign key the plan drops, with its reason;
+    what the 4A gate, the SQL preview and the completion report show too."""
+    done = []
+    with conn.transaction():
+        for spec in specs.values():
+            for k in spec.dropped_foreign_keys:
+                source = next(s.source for s in spec.steps if s.name == k.step)
+                ledger.record(conn, plan, status=ledger.SUCCESS, message=k.line(source, spec.qualified), run_id=run_id,
+                              phase=PHASE, kind="ddl", name=f"foreign_key_dropped:{k.constraint}", source=source,
+                              target=spec.qualified, triggered_by=user,
+                              details={"kind": "foreign_key_dropped", "step": k.step, "constraint": k.constraint,
+                                       "definition": k.definition, "reason": k.reason})
+                done.append(f"foreign key {k.constraint} of {source} not carried (plan: {k.reason})")
+    return done
 
 
 def apply(conn, plan: Plan, ddls: list[DDL], *, run_id: str, user: str | None) -> list[str]:
@@ -197,6 +229,9 @@ def finalize(conn, plan: Plan, *, run_id: str, user: str | None) -> list[str]:
                 raise PlanError(f"{spec.steps[0].label}: definition of {spec.qualified}: {problem}; "
                                 "write one SELECT over the consolidated tables")
     done = apply(conn, plan, finalize_ddl(specs, catalog, conn), run_id=run_id, user=user)
+    # the legacy functions and types the plan recreates, and the triggers carried to copy targets
+    done += apply(conn, plan, [DDL(*d) for d in recreate.ddl(conn, plan)], run_id=run_id, user=user)
+    done += record_uncarried(conn, plan, specs, run_id=run_id, user=user)
     # every target exists now: each role's privileges on the legacy tables follow them (pre-existing ones too)
     grants = [DDL("grant", target, [stmt], {"kind": "grant"}) for target, stmt in privileges.grant_statements(conn, plan)]
     return done + apply(conn, plan, grants, run_id=run_id, user=user)
@@ -245,6 +280,9 @@ def preview(conn, plan: Plan) -> list[tuple[str, str]]:
                 continue
             for d in ddls:
                 out.append((f"{legacy}: {d.kind} {d.target}", ";\n".join(s.as_string(conn) for s in d.statements)))
-    for d in finalize_ddl(specs, catalog, conn):
+    for d in finalize_ddl(specs, catalog, conn) + [DDL(*d) for d in recreate.ddl(conn, plan)]:
         out.append((f"finalize: {d.kind} {d.target}", ";\n".join(s.as_string(conn) for s in d.statements)))
+    for status, target, line in uncarried_foreign_keys(specs):
+        heading = "not carried (drop_foreign_keys)" if status == "dropped" else "REFUSED (the 4A gate fails)"
+        out.append((f"finalize: foreign key {target} {heading}", "-- " + line))
     return out

@@ -16,12 +16,13 @@ from psycopg import sql
 
 from consolidation.core import ledger
 from consolidation.actions import action_for
-from consolidation.actions.base import column_list
+from consolidation.actions.base import column_list, validate_foreign_keys
 from consolidation.core.session import load_specs
 from consolidation.core.ledger import tool_ident
 from consolidation.core.plan import Plan, Step
 from consolidation.checks.reconcile import checksums
 from consolidation.phases.load import batches, bulk
+from consolidation.core.runs import step_graph as step_graph_file
 from consolidation.core.spec import TargetSpec, source_ident
 
 PHASE = "4B"
@@ -72,22 +73,7 @@ def run_step(conn, plan: Plan, step_name: str, *, run_id: str, user: str | None)
     try:
         result = _move(conn, plan, step, spec, run_id, entry.id)
         conn.commit()
-        sums = checksums(conn, plan, step, spec)
-        result.source_checksum, result.target_checksum = sums["source_checksum"], sums["target_checksum"]
-        over = result.quarantined > step.quarantine_threshold
-        status = ledger.FAILED if over else ledger.SUCCESS
-        message = (f"{result.quarantined} row(s) of {step.source} quarantined, threshold {step.quarantine_threshold}; "
-                   f"see {'.'.join(plan.tool_table('quarantine'))} where step = '{step.name}'") if over else result.line()
-        conflicts = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE step = %s").format(
-            tool_ident(plan, "conflicts")), (step.name,)).fetchone()[0]
-        entry.finish(conn, status, message, rows_read=result.read, rows_inserted=result.inserted,
-                     rows_merged=result.merged, rows_quarantined=result.quarantined, rows_conflicts=conflicts,
-                     source_checksum=result.source_checksum, target_checksum=result.target_checksum,
-                     details={"path": result.path, "already_present": result.already_present, "counts": sums})
-        conn.commit()
-        if over:
-            raise StepFailed(message)
-        return result
+        return close_step(conn, plan, step, spec, entry, result)
     except StepFailed:
         raise
     except Exception as exc:
@@ -95,6 +81,27 @@ def run_step(conn, plan: Plan, step_name: str, *, run_id: str, user: str | None)
         entry.finish(conn, ledger.FAILED, f"{type(exc).__name__}: {exc}")
         conn.commit()
         raise
+
+
+def close_step(conn, plan: Plan, step: Step, spec: TargetSpec, entry, result: StepResult) -> StepResult:
+    """The step's proof (checksums of both sides) and its ledger entry closed with the counts:
+    failed, and StepFailed raised, when its quarantine exceeds the plan's threshold. Committed."""
+    sums = checksums(conn, plan, step, spec)
+    result.source_checksum, result.target_checksum = sums["source_checksum"], sums["target_checksum"]
+    over = result.quarantined > step.quarantine_threshold
+    message = (f"{result.quarantined} row(s) of {step.source} quarantined, threshold {step.quarantine_threshold}; "
+               f"see {'.'.join(plan.tool_table('quarantine'))} where step = '{step.name}'") if over else result.line()
+    conflicts = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE step = %s").format(
+        tool_ident(plan, "conflicts")), (step.name,)).fetchone()[0]
+    entry.finish(conn, ledger.FAILED if over else ledger.SUCCESS, message, rows_read=result.read,
+                 rows_inserted=result.inserted, rows_merged=result.merged, rows_quarantined=result.quarantined,
+                 rows_conflicts=conflicts, source_checksum=result.source_checksum,
+                 target_checksum=result.target_checksum,
+                 details={"path": result.path, "already_present": result.already_present, "counts": sums})
+    conn.commit()
+    if over:
+        raise StepFailed(message)
+    return result
 
 
 def _move(conn, plan: Plan, step: Step, spec: TargetSpec, run_id: str, entry_id: int | None = None) -> StepResult:
@@ -116,9 +123,12 @@ def _move(conn, plan: Plan, step: Step, spec: TargetSpec, run_id: str, entry_id:
     read = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(source_ident(step))).fetchone()[0]
     path = "set-based"
     load = action.load_statement(plan, step, spec, source_ident(step))
+    use_bulk = load is not None and bulk.applies(conn, spec)
+    # steps run side by side: the referenced tables locked first, in one order (no deadlock)
+    bulk.lock_parents(conn, spec, exclusive=use_bulk)
     try:
         with conn.transaction():  # savepoint
-            if load is not None and bulk.applies(conn, spec):
+            if use_bulk:
                 # an empty table 4A created: load first, foreign keys and indexes after (pg_restore's order)
                 inserted, merged, path = bulk.load(conn, spec, load), 0, "bulk load"
             else:
@@ -137,6 +147,8 @@ def _move(conn, plan: Plan, step: Step, spec: TargetSpec, run_id: str, entry_id:
 def _finish_move(conn, plan: Plan, step: Step, spec: TargetSpec, read: int, inserted: int, merged: int,
                  path: str) -> StepResult:
     _advance_sequences(conn, spec)
+    for line in validate_foreign_keys(conn, spec):  # NOT VALID keys onto pre-existing targets (4A)
+        path += f"; {line}"
     quarantined = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE step = %s").format(
         tool_ident(plan, "quarantine")), (step.name,)).fetchone()[0]
     already = read - inserted - merged - quarantined
@@ -159,20 +171,51 @@ def _advance_sequences(conn, spec: TargetSpec) -> None:
 
 def order_steps(plan: Plan, specs: dict[str, TargetSpec]) -> dict[str, list[str]]:
     """Upstream steps of each step: a step waits for the steps filling the tables its
-    foreign keys point at, and for the steps its action names (Action.upstream: earlier
-    merges into the same target; for a recreated view, the tables of its schema)."""
+    foreign keys point at, for every earlier step (in plan order) into the same target -
+    steps into one target never run at once, whatever their action - and for the steps its
+    action names (Action.upstream: for a recreated view, the tables of its schema)."""
     by_target: dict[str, list[Step]] = {}
     for s in plan.migrating_steps():
         by_target.setdefault(s.target, []).append(s)
     upstream: dict[str, list[str]] = {}
     for s in plan.migrating_steps():
         spec = specs[s.target]
-        deps = []
+        same = by_target[s.target]
+        deps = [d.name for d in same[: same.index(s)]]
         for fk in spec.foreign_keys:
             deps += [d.name for d in by_target.get(f"{fk.ref_schema}.{fk.ref_table}", []) if d.name != s.name]
         deps += [d.name for d in action_for(s).upstream(plan, s)]
         upstream[s.name] = sorted(set(deps))
     return upstream
+
+
+def step_graph(plan: Plan, specs: dict[str, TargetSpec]) -> tuple[dict[str, list[str]], list[str]]:
+    """(upstream, order): order_steps made acyclic for the 4B DAG, and execution_order's names.
+    A step keeps the upstream steps that come before it in that order; where a cycle of
+    foreign keys was broken (the upstream step comes after it), the edge is turned round, so
+    the two steps still never run at once."""
+    order = [s.name for s in execution_order(plan, specs)]
+    position = {name: i for i, name in enumerate(order)}
+    graph: dict[str, set[str]] = {name: set() for name in order}
+    for name, ups in order_steps(plan, specs).items():
+        for u in ups:
+            if u != name:
+                first, then = sorted((u, name), key=position.__getitem__)
+                graph[then].add(first)
+    return {name: sorted(ups, key=position.__getitem__) for name, ups in graph.items()}, order
+
+
+def write_step_graph(conn, plan: Plan, *, written_by: str):
+    """The step graph from the live catalog, written for the 4B DAG (core.runs.step_graph);
+    returns the StepGraph as read back."""
+    _, specs = load_specs(conn, plan)
+    upstream, order = step_graph(plan, specs)
+    targets = {s.name: s.target for s in plan.migrating_steps()}
+    step_graph_file.write(plan, upstream, targets, order, written_by=written_by)
+    graph, why = step_graph_file.read(plan)
+    if graph is None:
+        raise RuntimeError(why)
+    return graph
 
 
 def execution_order(plan: Plan, specs: dict[str, TargetSpec], only: set[str] | None = None) -> list[Step]:
@@ -191,4 +234,4 @@ def execution_order(plan: Plan, specs: dict[str, TargetSpec], only: set[str] | N
     return ordered
 
 
-__all__ = ["run_step", "step_statements", "order_steps", "execution_order", "StepResult", "StepFailed", "column_list"]
+__all__ = ["run_step", "close_step", "step_statements", "order_steps", "execution_order", "step_graph", "write_step_graph", "StepResult", "StepFailed", "column_list"]

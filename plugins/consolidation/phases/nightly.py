@@ -36,6 +36,14 @@ Expectations checkpoint each, via checks.gates.run_phase_gate):
                         registry table without them FAILS, naming the columns it has and those
                         missing - a check that cannot run is never a pass.
 
+  migrated_rows_intact  per target of migrating steps: while the legacy table exists, every legacy
+                        row minus the step's quarantined rows (as the 4C gate subtracts them) is in
+                        the target with the plan's values, named by key when not; that is recorded
+                        as the baseline the target is compared with once the legacy table is gone
+  quarantine_accounted  per target whose step quarantined rows: the quarantine listed, each row still
+                        in the legacy table (after 4D: as many rows as the baseline recorded).
+                        Both: phases.validation.migrated_rows.
+
 The tool's own tables (<tool schema>.<tool prefix>*) are not validated as data.
 
 Every check's outcome is stored, per run, table and check, in the history table
@@ -63,6 +71,8 @@ from pathlib import Path
 from psycopg import sql
 
 from consolidation.core import config, ledger
+from consolidation.core import dsn as dsns
+from consolidation.phases.validation.migrated_rows import CHECK as ROWS_CHECK, PINNED
 from consolidation.checks.gates import record_verdict, run_phase_gate
 from consolidation.checks.gx import CheckResult, GateResult
 from consolidation.core.files import atomic_write, safe_name
@@ -131,8 +141,9 @@ def validate_schema(conn, dsn: str, plan: Plan, schema: str, *, run_id: str, use
                       json.dumps(r["details"], default=str), result.gx_run_id, user) for r in rows])
         conn.commit()
 
-    run_phase_gate(conn, dsn, plan, PHASE, built.checks, run_id=run_id, user=user, gate=f"nightly_{schema}",
-                   record=record, raise_failed=False)
+    # row hashes are text-based: the checkpoint reads with the settings the baseline was hashed with
+    run_phase_gate(conn, dsns.with_settings(dsn, PINNED), plan, PHASE, built.checks, run_id=run_id, user=user,
+                   gate=f"nightly_{schema}", record=record, raise_failed=False)
     failures = [r for r in rows if not r["passed"]]
     return SchemaOutcome(schema, not failures, len(rows), failures)
 
@@ -149,6 +160,7 @@ def _history_row(built: SchemaChecks, r: CheckResult) -> dict:
         details["baseline"] = built.baselines.get(table)
     if c.name == "schema_exists":
         details["not_key_checked"] = built.not_key_checked
+        details["not_row_compared"] = built.not_row_compared
     if not r.passed:
         details["query"] = c.query
     return {"schema_name": schema, "table_name": table, "check_name": c.name, "column_names": c.column,
@@ -177,6 +189,10 @@ def describe_failure(row: dict) -> str:
         return (f"{head}: observed newest {row.get('column_names')} = {first.get('newest')}, migrated at "
                 f"{first.get('migrated_at')}, age {first.get('age')} > {_num(first.get('max_age_hours'))} h; the table "
                 "receives no new rows: check that its writers were switched to it")
+    if name == ROWS_CHECK:
+        keys = "; ".join(f"{x.get('row_key')}: {x.get('problem')}" for x in sample[:5] if isinstance(x, dict))
+        return (f"{head}: observed {n} migrated row(s) missing or changed, e.g. {keys}; restore them from the legacy "
+                "table or its backup, or find what changed them")
     if name == "key_unique":
         return f"{head}: observed {n} rows with a duplicated key; e.g. {json.dumps(sample[:5], default=str)}"
     if name == "key_not_null":
@@ -362,6 +378,8 @@ def render_page(verdict: Verdict) -> str:
             if d.get("not_key_checked"):
                 extra.append("not key-checked (no primary key, no remembered or planned key): "
                              + ", ".join(d["not_key_checked"]))
+            if d.get("not_row_compared"):
+                extra += d["not_row_compared"]
             extra.append(r.get("description") or "")
             parts.append(
                 f"<tr class='{'' if r['passed'] else 'fail'}'><td>{_e(r['table_name'] or '(schema)')}</td>"

@@ -13,6 +13,7 @@ from consolidation.core import ledger
 from consolidation.core.plan import Plan
 from consolidation.core.catalog import qualified_ident as _ident, relation_exists as _exists
 from consolidation.phases import registry
+from consolidation.phases.validation import migrated_rows
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class SchemaChecks:
     key_source: dict[str, str] = field(default_factory=dict)  # table -> primary_key|remembered|plan
     baselines: dict[str, dict] = field(default_factory=dict)  # table -> {rows, run_id, checked_at}
     not_key_checked: list[str] = field(default_factory=list)
+    not_row_compared: list[str] = field(default_factory=list)  # steps whose migrated rows cannot be compared
 
 
 def migrated_tables(plan: Plan) -> list[str]:
@@ -170,7 +172,8 @@ def build_checks(conn, plan: Plan, schema: str, *, run_id: str) -> SchemaChecks:
     out.checks.append(Check(
         name="schema_exists", table=schema, kind="rows",
         description=f"the consolidated schema {schema} exists",
-        query=render(sql.SQL("SELECT {s}::text AS missing_schema WHERE to_regnamespace({s}) IS NULL").format(
+        query=render(sql.SQL("SELECT {s}::text AS missing_schema WHERE NOT EXISTS "
+                             "(SELECT 1 FROM pg_namespace WHERE nspname = {s})").format(
             s=sql.Literal(schema)))))
 
     # -- keys
@@ -277,6 +280,10 @@ def build_checks(conn, plan: Plan, schema: str, *, run_id: str) -> SchemaChecks:
     if reg_schema == schema and _exists(conn, reg_schema, reg_table):
         out.checks.append(_registry_check(conn, plan))
         out.counts[f"{reg_schema}.{reg_table}"] = _count(conn, reg_schema, reg_table)
+
+    # -- the migrated rows against the legacy rows (or their baseline after 4D), the quarantine accounted
+    row_checks, out.not_row_compared = migrated_rows.checks(conn, plan, schema, run_id=run_id)
+    out.checks += row_checks
 
     for table in tables:
         out.counts[f"{schema}.{table}"] = _count(conn, schema, table)

@@ -17,7 +17,8 @@ export with `resolve_file(path, name)` (no database needed):
     columns          the column map, in legacy column order: [{name, column, type,
                      physical_type[, default]}] = legacy name, consolidated column, legacy type,
                      consolidated type (and the plan's default for NULL sources, if any)
-    status           'consolidated'
+    status           'consolidated'; 'rolled_back' after a rollback: the entry then points at
+                     the legacy table again (restored, or never dropped), legacy columns as they are
     set_by_run, set_by_user, set_at: the run that last CHANGED the entry (re-running 4C with
                      the same plan leaves entries untouched: the upsert is idempotent)
 
@@ -69,6 +70,7 @@ from consolidation.core.catalog import QualifiedName, relation_exists
 
 PHASE = "4C"
 CONSOLIDATED = "consolidated"
+ROLLED_BACK = "rolled_back"
 FORMAT = "consolidation-registry/1"
 EXPORT_DIR_ENV = "CONSOLIDATION_REGISTRY_DIR"
 EXPORT_FILE = "registry.json"
@@ -166,7 +168,7 @@ def _resolved(entry: dict, legacy_schemas: set[str], where: str) -> Resolved:
     schema, table = entry.get("physical_schema"), entry.get("physical_table")
     if not schema or not table:
         raise NotRegistered(f"{name}: the registry entry in {where} has no physical table; re-run phase4c_service_updates")
-    if schema in legacy_schemas:
+    if schema in legacy_schemas and entry.get("status") != ROLLED_BACK:
         raise NotRegistered(f"{name}: the registry entry in {where} points into legacy schema {schema} "
                             f"({schema}.{table}); re-run phase4c_service_updates to point it at its consolidated home")
     columns = []
@@ -435,6 +437,24 @@ def upsert(conn, plan: Plan, rows: list[dict], *, run_id: str, user: str | None)
     return sorted(r[0] for r in done)
 
 
+def mark_rolled_back(conn, plan: Plan, *, run_id: str, user: str | None) -> int:
+    """After a rollback (in its transaction): every entry points at its legacy table again, under
+    its legacy columns, no filter, status rolled_back; returns how many entries changed. A later
+    4C run points them at their consolidated homes again."""
+    if not _exists(conn, plan):
+        return 0
+    cur = conn.execute(sql.SQL("""
+        UPDATE {reg} AS r SET status = {rb}, physical_schema = r.legacy_schema, physical_table = r.legacy_table,
+               filter_column = NULL, filter_op = NULL, filter_value = NULL,
+               columns = (SELECT coalesce(jsonb_agg((c - 'default') || jsonb_build_object(
+                                     'column', c->>'name', 'physical_type', c->>'type') ORDER BY n), '[]'::jsonb)
+                            FROM jsonb_array_elements(r.columns) WITH ORDINALITY AS x(c, n)),
+               set_by_run = %s, set_by_user = %s, set_at = clock_timestamp()
+         WHERE r.status IS DISTINCT FROM {rb}""").format(reg=tool_ident(plan, "registry"), rb=sql.Literal(ROLLED_BACK)),
+        (run_id, user or ledger.operator_name()))
+    return cur.rowcount
+
+
 def register_group(conn, plan: Plan, legacy_schema: str, *, run_id: str, user: str | None) -> list[str]:
     """Point every migrated table of one legacy schema at its consolidated home (one TaskGroup).
 
@@ -549,12 +569,12 @@ def export(conn, plan: Plan, folder: str | Path | None = None, *, run_id: str, u
     return path
 
 
-def exported_in_run(conn, plan: Plan, run_id: str) -> Path | None:
-    """The file the export of run `run_id` wrote (from the ledger), or None."""
+def exported_in_run(conn, plan: Plan, run_id: str | None) -> Path | None:
+    """The file the export of run `run_id` (None: of any run, the latest) wrote, from the ledger."""
     if not ledger.tool_tables_exist(conn, plan):
         return None
     row = conn.execute(sql.SQL(
         "SELECT details->>'path' FROM {} WHERE phase = %s AND kind = 'report' AND name = 'registry_export' "
-        "AND run_id = %s AND status = 'success' ORDER BY id DESC LIMIT 1").format(tool_ident(plan, "ledger")),
-        (PHASE, run_id)).fetchone()
+        "AND run_id = coalesce(%s, run_id) AND status = 'success' ORDER BY id DESC LIMIT 1").format(
+        tool_ident(plan, "ledger")), (PHASE, run_id)).fetchone()
     return Path(row[0]) if row else None

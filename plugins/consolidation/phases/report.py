@@ -41,6 +41,15 @@ def latest_run(conn, plan: Plan, phase: str = "4D") -> str | None:
     return row[0] if row else None
 
 
+def _made_with(details: dict) -> str | None:
+    """Which pg_dump wrote a backup archive and which pg_restore reads it (phases.backup)."""
+    if not details.get("pg_dump_version"):
+        return None
+    warn = "" if (details.get("pg_dump") or {}).get("matches_server", True) else " - NOT the server's own pg_restore"
+    return (f"{details.get('format', 'custom')}, pg_dump {details['pg_dump_version']} of PostgreSQL "
+            f"{details.get('server_version', '?')}: readable by {details.get('readable_by', '?')}{warn}")
+
+
 def collect(conn, plan: Plan, run_id: str | None = None) -> dict:
     """Everything the report shows, as plain data (also what `--json` would print)."""
     from consolidation.phases.cleanup import schema_summary
@@ -85,6 +94,7 @@ def collect(conn, plan: Plan, run_id: str | None = None) -> dict:
             "inserted_all_runs": moved.get(s.name, {}).get("inserted"), "merged_all_runs": moved.get(s.name, {}).get("merged"),
             "runs": moved.get(s.name, {}).get("runs"),
             "ignored": dict(s.ignore),
+            "foreign_keys_dropped": dict(s.drop_foreign_keys),  # the plan's drop_foreign_keys, with reasons
             "filled": {c.target: ("constant " + repr(c.value)) if c.kind == "value" else f"default {c.default!r} for NULL"
                        for c in (s.columns or {}).values() if c.kind == "value" or c.default is not None},
             "already_present": r and (r["details"] or {}).get("already_present"),
@@ -123,7 +133,8 @@ def collect(conn, plan: Plan, run_id: str | None = None) -> dict:
     backups = [{"schema": r["source"], "file": r["target"], "bytes": (r["details"] or {}).get("bytes"),
                 "sha256": (r["details"] or {}).get("sha256"), "tables": len((r["details"] or {}).get("tables", {})),
                 "rows": sum(t.get("rows", 0) for t in (r["details"] or {}).get("tables", {}).values()),
-                "at": r["finished_at"]} for r in of_run if r["kind"] == "backup" and r["name"].startswith("backup:")]
+                "made_with": _made_with(r["details"] or {}), "at": r["finished_at"]}
+               for r in of_run if r["kind"] == "backup" and r["name"].startswith("backup:")]
     drops = [{"what": r["message"], "at": r["finished_at"]} for r in of_run if r["phase"] == "4D" and r["kind"] == "ddl"]
     # a resumed 4D: what earlier (interrupted) 4D runs dropped, and every interruption
     drops = [{"what": f"{r['message']} (by earlier run {r['run_id']})", "at": r["finished_at"]}
@@ -189,10 +200,12 @@ def _tables(data: dict) -> list[tuple[str, str, list[str], list[list]]]:
                 ["step", "target", "key", "column", "target value", "source value", "resolution"],
                 [[c["step"], c["target"], c["key"], c["column"], c["target_value"], c["source_value"], c["resolution"]]
                  for c in data["conflicts"]]))
-    out.append(("columns", "Columns not migrated, or filled by the plan",
+    out.append(("columns", "Columns and foreign keys not migrated, or filled by the plan",
                 ["source", "target", "column", "how"],
                 [[r["source"], r["target"], c, f"ignored: {why}"] for r in data["steps"]
                  for c, why in (r.get("ignored") or {}).items()]
+                + [[r["source"], r["target"], c, f"foreign key not carried: {why}"] for r in data["steps"]
+                   for c, why in (r.get("foreign_keys_dropped") or {}).items()]
                 + [[r["source"], r["target"], c, how] for r in data["steps"] for c, how in (r.get("filled") or {}).items()]))
     out.append(("quarantine", "Quarantine (accounted for, not migrated)",
                 ["step", "source", "rows", "reasons", "kept in", "rows of the source in the backup"],
@@ -212,9 +225,10 @@ def _tables(data: dict) -> list[tuple[str, str, list[str], list[list]]]:
     out.append(("drop_preview", "DROP statements shown to the approver (4D preview at request time)",
                 ["request", "schema", "statement"],
                 [[p["request_id"], p["schema"], p["statement"]] for p in data.get("drop_preview", [])]))
-    out.append(("backups", "Backup files", ["schema", "file", "bytes", "sha256", "tables", "rows", "taken"],
+    out.append(("backups", "Backup files", ["schema", "file", "bytes", "sha256", "tables", "rows", "made with",
+                                            "taken"],
                 [[b["schema"], b["file"], _n(b["bytes"]), b["sha256"], _n(b["tables"]), _n(b["rows"]),
-                  _fmt_time(b["at"])] for b in data["backups"]]))
+                  b.get("made_with") or "-", _fmt_time(b["at"])] for b in data["backups"]]))
     out.append(("drops", "Dropped by 4D", ["what", "when"], [[d["what"], _fmt_time(d["at"])] for d in data["drops"]]))
     out.append(("interruptions", "Interruptions (work whose process was gone; re-runs continued it)",
                 ["phase", "run", "what", "started", "noticed", "message"],

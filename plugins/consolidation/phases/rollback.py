@@ -27,7 +27,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from consolidation.phases import backup as backups
+from consolidation.phases import backup as backups, registry
 from consolidation.core.runs.dropped import dropped_schemas
 from consolidation.core import ledger
 from consolidation.phases.cleanup import _dependents, _q, _relkind
@@ -303,6 +303,11 @@ def undo_migration(conn, plan: Plan, *, run_id: str, user: str | None, mode: str
                     conn.execute(stmt)
                 done.append(text)
             conn.execute(sql.SQL("DELETE FROM {}").format(ledger.tool_ident(plan, "undo")))
+            # services that resolve through the registry read the legacy tables again
+            repointed = registry.mark_rolled_back(conn, plan, run_id=run_id, user=user)
+            if repointed:
+                done.append(f"registry: {repointed} entr{'y' if repointed == 1 else 'ies'} point at the legacy "
+                            f"tables again (status {registry.ROLLED_BACK})")
             ledger.record(conn, plan, status=ledger.SUCCESS, run_id=run_id, phase=PHASE, kind="rollback",
                           name="undo_4A_4B", triggered_by=user,
                           message=f"removed what 4A/4B created ({len(ddl)} change(s), {undo_rows} undo-log row(s))",
@@ -316,4 +321,7 @@ def undo_migration(conn, plan: Plan, *, run_id: str, user: str | None, mode: str
         conn.commit()
         raise RollbackRefused(msg) from None
     conn.commit()
+    exported = registry.exported_in_run(conn, plan, None)
+    if repointed and exported is not None:  # services that read the JSON export see it too
+        done.append(f"registry export rewritten: {registry.export(conn, plan, exported.parent, run_id=run_id, user=user)}")
     return {"undone": done}

@@ -10,8 +10,8 @@ naming every table by its legacy logical name in double braces, with an alias:
       FROM {{tracking.pre_game_recommendations}} AS r
       JOIN {{splits.games}} AS g ON g.game_id = r.game_id
 
-Leading `--` lines are its description. A placeholder is `{{schema.table}}` (unquoted
-identifiers) followed by `AS alias` (the registry side is a subquery, and PostgreSQL 15
+Leading `--` lines are its description. A placeholder is `{{schema.table}}` (a name other
+than letters, digits and _ double-quoted as in SQL: `{{"Legacy App"."Bets"}}`) followed by `AS alias` (the registry side is a subquery, and PostgreSQL 15
 requires an alias on one). One statement per file; a trailing `;` is allowed.
 
 The query is rendered twice: once with each placeholder as the legacy table itself, once
@@ -43,13 +43,25 @@ from consolidation.checks.reconcile import multiset_diff
 from consolidation.phases.registry import NotRegistered, resolve
 
 SMOKE_DIR_ENV = "CONSOLIDATION_SMOKE_DIR"
-PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_$]*)\.([A-Za-z_][A-Za-z0-9_$]*)\s*\}\}")
+# a name is plain (letters, digits, _ and $, used as written) or double-quoted as in SQL
+# ("UPPER Case", "odd""name": a doubled quote is one), so any name a plan can hold can be named
+_NAME = r'([A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
+PLACEHOLDER = re.compile(r"\{\{\s*" + _NAME + r"\." + _NAME + r"\s*\}\}")
 _ALIAS_AFTER = re.compile(r"\s+AS\s+[A-Za-z_][A-Za-z0-9_$]*", re.IGNORECASE)
 
 
 class SmokeError(PlanError):
     """A smoke query file that cannot be used; the message names the file and the fix (a
     PlanError: SQL the plan's user supplies, refused in one line like the plan's own)."""
+
+
+def _unquote(part: str) -> str:
+    return part[1:-1].replace('""', '"') if part.startswith('"') else part
+
+
+def logical_name(m: re.Match) -> str:
+    """The legacy "schema.table" a placeholder names (quotes removed)."""
+    return f"{_unquote(m.group(1))}.{_unquote(m.group(2))}"
 
 
 @dataclass
@@ -66,7 +78,7 @@ class SmokeQuery:
         pos = 0
         for m in PLACEHOLDER.finditer(self.text):
             parts.append(sql.SQL(self.text[pos:m.start()]))
-            parts.append(relation_for(f"{m.group(1)}.{m.group(2)}"))
+            parts.append(relation_for(logical_name(m)))
             pos = m.end()
         parts.append(sql.SQL(self.text[pos:]))
         return sql.Composed(parts)
@@ -124,7 +136,8 @@ def parse(text: str, path: Path) -> SmokeQuery:
         doc.append(line.lstrip()[2:].strip())
     body = text.strip().rstrip(";").strip()
     where = f"smoke query {path}"
-    if ";" in _strip_comments(body):
+    # a `;` outside literals and quoted names ends the statement (quoted names may hold one)
+    if "may not contain `;`" in (lexical_problem(_without_doc(body), "the query") or ""):
         raise SmokeError(f"{where}: one statement per file; split it or remove the inner ';'")
     # after its leading `--` description: one SELECT, literals read as the server reads them
     query = "\n".join(lines[len(doc):]).strip().rstrip(";").strip()
@@ -133,7 +146,8 @@ def parse(text: str, path: Path) -> SmokeQuery:
         raise SmokeError(f"{where}: {problem or 'the query does not start with SELECT'}; write one SELECT "
                          "(its description in leading -- lines only)")
     if "{{" in PLACEHOLDER.sub("", body):
-        raise SmokeError(f"{where}: a placeholder is malformed; write {{{{schema.table}}}} with unquoted names")
+        raise SmokeError(f"{where}: a placeholder is malformed; write {{{{schema.table}}}} (a name that is not "
+                         'letters, digits and _ in double quotes, as in SQL: {{"My Schema"."Table"}})')
     matches = list(PLACEHOLDER.finditer(body))
     if not matches:
         raise SmokeError(f"{where}: names no table; refer to tables as {{{{schema.table}}}} AS alias")
@@ -141,7 +155,7 @@ def parse(text: str, path: Path) -> SmokeQuery:
         if not _ALIAS_AFTER.match(body, m.end()):
             raise SmokeError(f"{where}: {m.group(0)} needs an alias: write `{m.group(0)} AS x` "
                              "(the registry side is a subquery)")
-    names = list(dict.fromkeys(f"{m.group(1)}.{m.group(2)}" for m in matches))
+    names = list(dict.fromkeys(logical_name(m) for m in matches))
     return SmokeQuery(path.stem, path, " ".join(d for d in doc if d), body, names)
 
 

@@ -11,6 +11,9 @@ refuses what is not what the plan says it is, with the server's own message.
   dollar quote, balanced parentheses; placed in a WHERE clause as well, where the server
   refuses aggregates, window functions and set-returning functions; a data-modifying
   subquery is refused by the server too; returns the expression's type;
+* volatile_functions: the volatile functions an expression calls (nextval, random(), ...), read
+  from the dependencies the database records for it: such a column is refused (the 4B gate
+  recomputes each expression on the source side, which would never match);
 * select_problem: ONE SELECT (e.g. a view definition), nothing more.
 """
 from __future__ import annotations
@@ -123,6 +126,34 @@ def expression_type(conn, expression: sql.Composable, source: sql.Composable, wh
             message += " (an expression is computed per source row: no aggregate, window or set-returning function)"
         raise PlanError(f"{where}: the database refuses it: {message}") from None
     return name
+
+
+def volatile_functions(conn, expressions: list[sql.Composable], source: sql.Composable) -> list[str]:
+    """The volatile functions (pg_proc.provolatile = 'v': nextval, random, clock_timestamp,
+    gen_random_uuid, ...) the expressions call, directly, through an operator or in a subquery,
+    as the database resolved them: a temporary view over the source row `s` is created (and
+    rolled back) and the function ids of its stored query tree read. [] when there are none."""
+    cols = sql.SQL(", ").join(sql.SQL("{} AS {}").format(e, sql.Identifier(f"c{i}")) for i, e in enumerate(expressions))
+    found: list[str] = []
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("CREATE TEMPORARY VIEW consolidation_volatility_probe AS SELECT {} FROM {} AS s").format(
+                cols, source))
+            # the stored rule is the parsed, resolved query: every function call (:funcid) and operator
+            # (:opno, whose function is pg_operator.oprcode) it makes, subqueries included; pg_depend
+            # would not do (it records no dependency on built-in, pinned functions such as random())
+            found = [r[0] for r in conn.execute(r"""
+                SELECT DISTINCT p.oid::regprocedure::text
+                  FROM pg_rewrite AS rw
+                 CROSS JOIN LATERAL regexp_matches(rw.ev_action::text, ':(funcid|opno) (\d+)', 'g') AS m
+                  JOIN pg_proc AS p ON p.oid = CASE m[1] WHEN 'funcid' THEN m[2]::oid
+                       ELSE (SELECT o.oprcode::oid FROM pg_operator AS o WHERE o.oid = m[2]::oid) END
+                 WHERE rw.ev_class = 'consolidation_volatility_probe'::regclass AND p.provolatile = 'v'
+                 ORDER BY 1""").fetchall()]
+            raise psycopg.Rollback()
+    except psycopg.Error:
+        return []  # not an expression the database accepts: expression_type says why
+    return found
 
 
 def select_problem(conn, text: str, what: str = "the definition") -> str | None:

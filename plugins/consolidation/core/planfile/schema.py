@@ -62,6 +62,15 @@ COLUMN = {"type": ["string", "object"], "minLength": 1, "pattern": _NAME_PATTERN
           "description": "a source column name, or a mapping {from, cast, default} / {expr} / "
                          "{from, map, else} / {value}"}
 
+# An `objects:` entry (core.planfile.objects reads it): exactly one of recreate or drop.
+OBJECT = {"type": "object", "required": ["name"], "additionalProperties": False,
+          "properties": {"name": {"type": "string", "pattern": r"^[^.\u0000]+\.[^.\u0000]+(\.[^.\u0000]+)?$",
+                                  "description": "schema.object in a legacy schema (schema.table.trigger for a trigger)"},
+                         "recreate": _named(NAME, "the consolidated schema 4A creates a copy in"),
+                         "drop": _named(REASON, "why it goes with its schema in 4D")},
+          "oneOf": [{"required": ["recreate"]}, {"required": ["drop"]}],
+          "description": "{name: schema.object, recreate: consolidated_schema} or {name: schema.object, drop: reason}"}
+
 # The shape of every key an action may accept (which action accepts which: the actions say).
 STEP_KEYS: dict[str, dict] = {
     "target": QUALIFIED,
@@ -73,6 +82,9 @@ STEP_KEYS: dict[str, dict] = {
         "description": "{type: T, unique: true/false}"}, "description": "new column: {type: T, unique: true/false}"},
     "ignore": {"type": "object", "propertyNames": NAME, "additionalProperties": REASON,
                "description": "source column: the reason it is not migrated"},
+    "drop_foreign_keys": {"type": "object", "propertyNames": NAME, "additionalProperties": REASON,
+                          "description": "legacy foreign key constraint of the source: the reason 4A does not "
+                                         "carry it to the target"},
     "freshness": {"type": "object", "required": ["column", "max_age_hours"], "additionalProperties": False,
                   "properties": {"column": _named(NAME, "the timestamp column"),
                                  "max_age_hours": {"type": "number", "exclusiveMinimum": 0,
@@ -162,6 +174,9 @@ def build_schema(actions: dict[str, tuple[list[str], list[str]]]) -> dict:
                                          "the user who triggered the 4D run is never one of them"},
             "steps": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/step"},
                       "description": "a list of steps, at least one"},
+            "objects": {"type": "array", "items": {"$ref": "#/$defs/object"},
+                        "description": "the legacy schemas' functions, procedures, types, triggers and leftover "
+                                       "relations, each {name, recreate} or {name, drop}"},
         },
         "$defs": {
             "legacy_schema": {
@@ -171,6 +186,7 @@ def build_schema(actions: dict[str, tuple[list[str], list[str]]]) -> dict:
                                "drop_schema": _named(BOOLEAN, "whether 4D drops the schema; default true, false for public")},
                 "description": "{stated_tables: N, stated_rows: N, drop_schema: true/false}"},
             "column": COLUMN,
+            "object": OBJECT,
             "step_keys": STEP_KEYS,
             "step": {
                 "type": "object", "required": ["source", "action"],
@@ -320,6 +336,8 @@ def _describe(raw: Any, error) -> str:
         return f"{entry} is {_show(value)}; it must be a number {sign} {error.validator_value}"
     if v in ("minItems", "minProperties", "minLength"):
         return f"{entry} is empty; write {expected}"
+    if v == "oneOf":
+        return f"{entry}: give exactly one of `recreate` or `drop`; write {expected}"
     if v == "uniqueItems":
         return f"{entry} lists a value twice; list each once"
     if v in ("pattern", "format", "maxLength"):

@@ -14,6 +14,7 @@ from consolidation.core import ledger
 from consolidation.core.catalog import relation_exists
 from consolidation.core.plan import Plan
 from consolidation.phases import cleanup
+from consolidation.phases.objects import recreate
 
 
 def _q(name: str) -> sql.Composed:
@@ -23,7 +24,7 @@ def _q(name: str) -> sql.Composed:
 
 def drop_preview(conn, plan: Plan) -> dict[str, dict]:
     """{schema: {"statements": [...], "tables": {name: rows}, "blockers": [...]}} in drop order."""
-    planned_all = {s.source for s in plan.steps}
+    planned_all = cleanup._planned_sources(plan)  # the steps' relations and the `objects:` dropped
     out: dict[str, dict] = {}
     for schema in plan.legacy_schemas:
         entry: dict = {"statements": [], "tables": {}, "blockers": [], "exists": True}
@@ -31,7 +32,8 @@ def drop_preview(conn, plan: Plan) -> dict[str, dict]:
         if not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone():
             entry["exists"] = False
             continue
-        present = [(s.source, cleanup._relkind(conn, s.source)) for s in plan.steps_for_schema(schema)]
+        present = [(n, cleanup._relkind(conn, n)) for n in [s.source for s in plan.steps_for_schema(schema)]
+                   + recreate.dropped_relations(plan, schema)]
         present = [(n, k) for n, k in present if k]
         stmts = entry["statements"]
         seen: set[str] = set()
@@ -73,7 +75,9 @@ def drop_preview(conn, plan: Plan) -> dict[str, dict]:
                 stmts.append(sql.SQL("DROP TABLE {} RESTRICT;").format(_q(name)).as_string(conn)
                              + f"  -- {rows} rows")
                 remaining.remove(name)
-        entry["blockers"] += [f"{u} is not in the plan" for u in cleanup.unplanned_in_schema(conn, plan, schema)]
+        for obj, stmt in recreate.drop_statements(conn, plan, schema):  # functions and types of `objects:`
+            stmts.append(stmt.as_string(conn) + ";  -- plan: objects")
+        entry["blockers"] += cleanup.unplanned_in_schema(conn, plan, schema)
         if plan.legacy_schemas[schema].drop_schema:
             stmts.append(sql.SQL("DROP SCHEMA {} RESTRICT;").format(sql.Identifier(schema)).as_string(conn))
         else:
