@@ -137,15 +137,22 @@ class NightlyFailureNotifier:
             log.info("nightly validation failed; no notifier configured (%s or Variable %s)", ENV_CLASS, VARIABLE)
             return
         path, kwargs = conf
-        context = dict(context)
-        dag = context.get("dag")
-        if dag is not None and not hasattr(dag, "get_template_env"):
-            context["dag"] = _DagForTemplates(dag)
-        context["consolidation_summary"] = failure_summary(context)
-        context["consolidation_page"] = f"{UI_PREFIX}/validation/{safe_run(str(context.get('run_id') or ''))}"
+        page = f"{UI_PREFIX}/validation/{safe_run(str(context.get('run_id') or ''))}"
+        context = _with_message(context, failure_summary(context), page)
         notifier = build(path, kwargs)
         log.info("nightly validation failed; notifying through %s", path)
         notifier(context)
+
+
+def _with_message(context, summary: str, page: str) -> dict:
+    """The task context as a notifier renders it: a DAG that can template, and the message
+    (`consolidation_summary`) with its link (`consolidation_page`)."""
+    context = dict(context)
+    dag = context.get("dag")
+    if dag is not None and not hasattr(dag, "get_template_env"):
+        context["dag"] = _DagForTemplates(dag)
+    context["consolidation_summary"], context["consolidation_page"] = summary, page
+    return context
 
 
 def notify_approval_request(context, *, request_id: int, fingerprint: str, assignees: list[str], link: str) -> None:
@@ -163,11 +170,7 @@ def notify_approval_request(context, *, request_id: int, fingerprint: str, assig
         log.info("%s; no notifier configured (%s or Variable %s)", summary, ENV_CLASS, VARIABLE)
         return
     path, kwargs = conf
-    context = dict(context)
-    dag = context.get("dag")
-    if dag is not None and not hasattr(dag, "get_template_env"):
-        context["dag"] = _DagForTemplates(dag)
-    context["consolidation_summary"], context["consolidation_page"] = summary, link
+    context = _with_message(context, summary, link)
     try:
         build(path, kwargs)(context)
         log.info("cleanup request %s: notified through %s", request_id, path)

@@ -94,17 +94,39 @@ def _run(args: list[str], env: dict, what: str) -> subprocess.CompletedProcess:
     return proc
 
 
-COMPRESSIONS = {"default": [], "none": ["--compress=0"]}
+COMPRESSIONS = {"default": [], "none": ["--compress=0"], "lz4": ["--compress=lz4"], "zstd": ["--compress=zstd"]}
 
 
 def compression() -> str:
-    """CONSOLIDATION_BACKUP_COMPRESSION: `default` (pg_dump's, gzip) or `none` (faster to
-    write and read, about 10x larger; the bundled pg_dump has neither lz4 nor zstd)."""
+    """CONSOLIDATION_BACKUP_COMPRESSION: `default` (pg_dump's, gzip), `none` (faster to write and
+    read, about 10x larger), `lz4` or `zstd` (pg_dump 16 and newer built with them: see
+    compression_supported; the bundled pg_dump has neither)."""
     raw = (os.environ.get("CONSOLIDATION_BACKUP_COMPRESSION") or "default").strip().lower()
     if raw not in COMPRESSIONS:
         raise BackupFailed(f"CONSOLIDATION_BACKUP_COMPRESSION={raw!r} is not one of {', '.join(COMPRESSIONS)}; "
                            "unset it (pg_dump's default compression) or set `none`; nothing was dumped or dropped")
     return raw
+
+
+def compression_supported(client: clients.Client, compress: str) -> None:
+    """BackupFailed, before anything is dumped, when the pg_dump in use cannot write `compress`:
+    lz4/zstd need pg_dump 16+ built with them. The build is asked directly: pg_dump checks its
+    compression option before it connects, so a run against no server says which it is."""
+    if compress in ("default", "none"):
+        return
+    why = None
+    if client.major < 16:
+        why = f"pg_dump {client.version} takes only a gzip level (lz4 and zstd need pg_dump 16 or newer)"
+    else:
+        probe = subprocess.run([client.bin("pg_dump"), *COMPRESSIONS[compress], "--schema-only", "--no-password",
+                                "--file=/dev/null", "--dbname=postgresql://consolidation-probe@127.0.0.1:1/none"],
+                               capture_output=True, text=True, timeout=30)
+        text = (probe.stderr or probe.stdout).strip()
+        if "compress" in text.lower() or "not support" in text.lower():
+            why = f"{client.describe()} says: {text.splitlines()[-1] if text else 'refused'}"
+    if why:
+        raise BackupFailed(f"CONSOLIDATION_BACKUP_COMPRESSION={compress}: {why}; set `default` or `none`, or "
+                           "CONSOLIDATION_PG_BIN to a pg_dump built with it; nothing was dumped or dropped")
 
 
 FORMATS = {"custom": ".dump", "directory": ".dir"}
@@ -301,6 +323,7 @@ def take_backup(dsn: str, plan: Plan, folder: Path, *, run_id: str, user: str | 
     archives: list[Archive] = []
     with psycopg.connect(dsn, connect_timeout=10) as snap:
         client = client_for(snap.info.server_version)
+        compression_supported(client, compress)
         server_version = snap.info.parameter_status("server_version")
         snap.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         snap.read_only = True
