@@ -63,26 +63,34 @@ def checksum_query(side: sql.Composable, where: sql.Composable = sql.SQL("TRUE")
 
 def segmented_except(left: sql.Composable, right: sql.Composable, key: list[str],
                      levels: int = GATE_LEVELS) -> sql.Composed:
-    """Rows of `left` with no identical row in `right` (EXCEPT ALL), as one query: both
-    sides summed per segment (16**levels segments of the key hash, hash aggregates), then
-    the rows compared only inside the segments whose sums differ. Equal sides cost one
-    scan each; the row comparison is skipped altogether (a one-time filter)."""
+    """Rows of `left` with no identical row in `right` (EXCEPT ALL), as one query: first each
+    side's total (count and sum of the row hashes: one plain aggregate per side, no sort, parallel
+    workers allowed); only when the totals differ, both sides summed per segment (16**levels
+    segments of the key hash), then the rows compared only inside the segments whose sums
+    differ. Equal sides cost one scan each; everything after is skipped (one-time filters).
+    (Grouping by the segment first, as before, cost a sort of every row spilled to disk: the
+    planner cannot know the segment expression has 16**levels values.)"""
     kh_x, kh_y = key_hash("x", key), key_hash("y", key)
     bucket = sql.Literal((1 << (BITS * levels)) - 1)
 
+    def total(q):
+        return sql.SQL("SELECT count(*) AS n, sum(x.h) AS s FROM ({q}) AS x").format(q=q)
+
     def sums(q):
         return sql.SQL("SELECT ({kh} & {b}::bigint) AS seg, count(*) AS n, sum(x.h) AS s FROM ({q}) AS x "
-                       "GROUP BY 1").format(kh=kh_x, b=bucket, q=q)
+                       "WHERE EXISTS (SELECT 1 FROM differ) GROUP BY 1").format(kh=kh_x, b=bucket, q=q)
 
     def rows(q):
         return sql.SQL("SELECT y.* FROM ({q}) AS y WHERE EXISTS (SELECT 1 FROM bad) "
                        "AND ({kh} & {b}::bigint) IN (SELECT seg FROM bad)").format(q=q, kh=kh_y, b=bucket)
 
     return sql.SQL(
-        "WITH l AS ({ls}), r AS ({rs}), bad AS MATERIALIZED (SELECT seg FROM l FULL JOIN r USING (seg) "
+        "WITH differ AS MATERIALIZED (SELECT 1 FROM ({lt}) AS lt, ({rt}) AS rt "
+        "WHERE lt.n IS DISTINCT FROM rt.n OR lt.s IS DISTINCT FROM rt.s), "
+        "l AS ({ls}), r AS ({rs}), bad AS MATERIALIZED (SELECT seg FROM l FULL JOIN r USING (seg) "
         "WHERE l.n IS DISTINCT FROM r.n OR l.s IS DISTINCT FROM r.s) "
         "SELECT * FROM (({lr}) EXCEPT ALL ({rr})) AS d").format(
-        ls=sums(left), rs=sums(right), lr=rows(left), rr=rows(right))
+        lt=total(left), rt=total(right), ls=sums(left), rs=sums(right), lr=rows(left), rr=rows(right))
 
 
 @dataclass

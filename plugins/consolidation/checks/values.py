@@ -15,15 +15,17 @@ from consolidation.core.spec import Flow, TargetSpec, source_ident
 
 
 def value_diff(plan: Plan, step: Step, spec: TargetSpec, flows: list[Flow],
-               restrict: sql.Composable | None = None) -> sql.Composed | None:
+               restrict: sql.Composable | None = None, *, quarantined: bool = True) -> sql.Composed | None:
     """Rows (key columns..., column_name, source_value, target_value) where a target column of
     `flows` differs from its source value; None when the step has no key or nothing to compare.
-    `restrict`: a condition on the source rows `r` (e.g. only the rows a merge inserted)."""
+    `restrict`: a condition on the source rows `r` (e.g. only the rows a merge inserted).
+    `quarantined=False` (the step quarantined nothing): no quarantine filter, whose per-row
+    subplan would keep PostgreSQL from scanning the source with parallel workers."""
     key = list(spec.key)
     compared = [f for f in flows if f.target not in key]
     if not key or not compared:
         return None
-    rows = projected_source(step, spec, source_ident(step), not_quarantined(plan, step))
+    rows = projected_source(step, spec, source_ident(step), not_quarantined(plan, step) if quarantined else None)
     pairs = sql.SQL(", ").join(
         sql.SQL("({}, CAST({} AS text), CAST(CAST({} AS {}) AS text))").format(
             sql.Literal(f.target), sql.Identifier("r", f.target), sql.Identifier("t", f.target), sql.SQL(f.type))
