@@ -167,10 +167,6 @@ def _without_doc(text: str) -> str:
     return "\n".join(lines)
 
 
-def _strip_comments(text: str) -> str:
-    return re.sub(r"--[^\n]*", "", text)
-
-
 def _legacy_exists(conn, name: str) -> bool:
     return relation_exists(conn, *name.split(".", 1))
 
