@@ -77,6 +77,21 @@ def test_passing_gate_persists_results(gate_db, tmp_path, capfd):
     assert capfd.readouterr() == ("", "")
 
 
+def test_a_rows_check_is_counted_exactly_past_the_fetch_cap(gate_db, tmp_path):
+    """The rows query runs once; a check failing on more rows than GX fetches (200) still
+    gets its exact count (then a COUNT(*) runs), and its sample stays short."""
+    from great_expectations.constants import MAX_RESULT_RECORDS
+
+    checks = [Check(f"n_{n}", "public.src", f"{n} unexpected rows",
+                    query=f"SELECT g AS n FROM generate_series(1, {n}) AS g")
+              for n in (0, 1, MAX_RESULT_RECORDS - 1, MAX_RESULT_RECORDS, 1234)]
+    result = run_gate(gate_db, "4B", checks, results_dir=tmp_path)
+    assert [(r.passed, r.observed) for r in result.results] == [
+        (True, 0), (False, 1), (False, MAX_RESULT_RECORDS - 1), (False, MAX_RESULT_RECORDS), (False, 1234)]
+    assert result.results[-1].sample == [{"n": i} for i in range(1, 6)]
+    assert all(r.error is None for r in result.results)
+
+
 def test_failures_are_counted_and_sampled(gate_db, tmp_path):
     checks = ok_checks("raw_data.copy_bad") + [
         Check("src_rows", "public.src", "public.src still has 3 rows",
