@@ -8,7 +8,8 @@ directly, as ONE `gx.Checkpoint`:
   table, or - when the table does not exist - a query asset `SELECT 1`, so that the table's
   query checks still run (and usually fail with the database's own error);
 * its suite holds that table's expectations: "rows" -> UnexpectedRowsExpectation (the query is
-  deliberately cross-schema and has no `{batch}`), "unique" -> ExpectColumnValuesToBeUnique,
+  deliberately cross-schema and has no `{batch}`; a subclass that runs the query once, see
+  `_rows_expectation`), "unique" -> ExpectColumnValuesToBeUnique,
   "not_null" -> ExpectColumnValuesToNotBeNull, "compound_unique" ->
   ExpectCompoundColumnsToBeUnique. Column checks on a missing table are not sent to GX: they
   fail with error "table missing";
@@ -50,7 +51,7 @@ is process-wide: run one gate per process (as Airflow does), not from several th
 Result format: COMPLETE with partial_unexpected_count 5, the only format in which
 UnexpectedRowsExpectation returns rows; GX keeps at most 200 rows/values per expectation, but
 fetches them from a client-side cursor, so a check failing on millions of rows transfers them
-to the worker once (the count itself is a server-side COUNT(*)).
+to the worker once (past 200 rows the count is a server-side COUNT(*)).
 """
 from __future__ import annotations
 
