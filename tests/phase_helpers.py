@@ -69,7 +69,10 @@ def snapshot(dsn: str, schemas, kinds: bool = False) -> dict:
             if kind in ("r", "p"):
                 out[name] += table_md5(conn, name)
         out["constraints"] = conn.execute(
-            "SELECT string_agg(conrelid::regclass::text || ':' || conname, ',' ORDER BY 1) FROM pg_constraint "
+            # ordered by the text itself: `ORDER BY 1` inside an aggregate sorts by the constant 1, which
+            # left the order to creation order (a re-run after a kill creates them in another order)
+            "SELECT string_agg(conrelid::regclass::text || ':' || conname, ',' "
+            "ORDER BY conrelid::regclass::text || ':' || conname) FROM pg_constraint "
             "WHERE connamespace IN (SELECT oid FROM pg_namespace WHERE nspname = ANY(%s)) "
             "AND conrelid::regclass::text NOT LIKE '%%consolidation\\_%%'", (list(schemas),)).fetchone()[0]
         return out
