@@ -77,12 +77,14 @@ def test_passing_gate_persists_results(gate_db, tmp_path, capfd):
     assert capfd.readouterr() == ("", "")
 
 
-def test_a_rows_check_is_counted_exactly_past_the_fetch_cap(gate_db, tmp_path):
-    """The rows query runs once; a check failing on more rows than GX fetches (200) still
-    gets its exact count (then a COUNT(*) runs), and its sample stays short."""
+@pytest.mark.parametrize("together", [True, False], ids=["one-batch", "one-expectation-each"])
+def test_a_rows_check_is_counted_exactly_past_the_fetch_cap(gate_db, tmp_path, together):
+    """A rows check's query runs once. In a batch (checks on one table) its count is a server-side
+    count(*); alone, GX fetches at most 200 rows and a check failing on more gets its exact
+    count from GX's own COUNT(*) metric. Either way the sample stays short."""
     from great_expectations.constants import MAX_RESULT_RECORDS
 
-    checks = [Check(f"n_{n}", "public.src", f"{n} unexpected rows",
+    checks = [Check(f"n_{n}", "public.src" if together else f"nowhere.t{n}", f"{n} unexpected rows",
                     query=f"SELECT g AS n FROM generate_series(1, {n}) AS g")
               for n in (0, 1, MAX_RESULT_RECORDS - 1, MAX_RESULT_RECORDS, 1234)]
     result = run_gate(gate_db, "4B", checks, results_dir=tmp_path)
@@ -90,6 +92,78 @@ def test_a_rows_check_is_counted_exactly_past_the_fetch_cap(gate_db, tmp_path):
         (True, 0), (False, 1), (False, MAX_RESULT_RECORDS - 1), (False, MAX_RESULT_RECORDS), (False, 1234)]
     assert result.results[-1].sample == [{"n": i} for i in range(1, 6)]
     assert all(r.error is None for r in result.results)
+    assert len(expectations_run(tmp_path)) == (1 if together else 5)
+
+
+def expectations_run(results_dir: Path) -> list[dict]:
+    """The expectation results of every GX validation result stored under results_dir."""
+    return [e for f in (results_dir / "validations").rglob("*.json")
+            for e in json.loads(f.read_text())["results"]]
+
+
+def test_one_tables_checks_run_as_one_batch_and_each_keeps_its_own_verdict(gate_db, tmp_path):
+    """Eight checks on one table: one GX expectation. A query that fails (a misspelt column)
+    makes the gate run that batch again one expectation each, so the error lands on its own
+    check and every other check still gets its own count and sample."""
+    table = "raw_data.copy_bad"
+    checks = [
+        Check("rows_present", table, "every row of public.src is there", query=missing_rows("public.src", table)),
+        Check("no_negative_ids", table, "no id below 1",
+              query=f"SELECT id FROM {table} WHERE id < 1 -- a trailing comment\n;"),
+        Check("typo", table, "a column that does not exist", query=f"SELECT nmae FROM {table}"),
+        Check("id_unique", table, "id is unique", kind="unique", column="id"),
+        Check("name_not_null", table, "name is never NULL", kind="not_null", column="name"),
+        Check("id_name_unique", table, "(id, name) is unique", kind="compound_unique", column="id, name"),
+        Check("wrong_column", table, "no such column", kind="not_null", column="no_such_column"),
+        Check("braces", table, "braces and :colon words", query="SELECT '{x}' AS v, 'at :noon' AS w"),
+    ]
+    result = run_gate(gate_db, "4B", checks, results_dir=tmp_path)
+    r = by_name(result)
+    assert (r["rows_present"].observed, r["rows_present"].sample) == (1, [{"id": 3, "name": "c"}])
+    assert (r["no_negative_ids"].passed, r["no_negative_ids"].observed) == (True, 0)
+    assert not r["typo"].passed and "nmae" in r["typo"].error
+    assert (r["id_unique"].observed, sorted(r["id_unique"].sample)) == (2, [2, 2])
+    assert (r["name_not_null"].observed, r["name_not_null"].sample) == (1, [None])
+    assert r["id_name_unique"].passed
+    assert not r["wrong_column"].passed and "no_such_column" in r["wrong_column"].error
+    assert (r["braces"].observed, r["braces"].sample) == (1, [{"v": "{x}", "w": "at :noon"}])
+    assert [x.check.name for x in result.results if x.error] == ["typo", "wrong_column"]
+    # the first checkpoint ran one expectation (it raised); the second, one per check
+    runs = {}
+    for f in (tmp_path / "validations").rglob("*.json"):
+        data = json.loads(f.read_text())
+        runs[data["meta"]["run_id"]["run_name"]] = len(data["results"])
+    assert runs == {result.gx_run_id: 1, f"{result.gx_run_id}_each": len(checks)}
+
+
+def test_column_checks_count_what_gx_column_expectations_count(db_dsn, tmp_path):
+    """The SQL of unique / not_null / compound_unique gives GX's own column expectations'
+    counts, on data with NULLs, duplicates and all-NULL combinations."""
+    gx = gates._import_gx()
+    import great_expectations.expectations as gxe
+
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("""CREATE TABLE public."Odd Table" ("Id" int, "a b" text, c numeric);
+            INSERT INTO public."Odd Table" VALUES (1, 'x', 1), (1, 'x', NULL), (2, NULL, NULL),
+              (2, NULL, NULL), (NULL, NULL, NULL), (NULL, NULL, NULL), (3, 'y', 2.5), (4, 'y', 2.5)""")
+    cases = [("unique", "Id"), ("unique", "a b"), ("unique", "c"), ("not_null", "Id"),
+             ("not_null", "c"), ("compound_unique", "Id, a b"), ("compound_unique", "a b, c")]
+    ours = run_gate(db_dsn, "cols", [Check(f"{k}_{i}", 'public.Odd Table', k, kind=k, column=c)
+                                      for i, (k, c) in enumerate(cases)], results_dir=tmp_path)
+    theirs = {
+        "unique": lambda c: gxe.ExpectColumnValuesToBeUnique(column=c),
+        "not_null": lambda c: gxe.ExpectColumnValuesToNotBeNull(column=c),
+        "compound_unique": lambda c: gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=[x.strip() for x in c.split(",")]),
+    }
+    with gates._quiet():
+        context = gates._context(gx, tmp_path / "gx_own", url=gates.sqlalchemy_url(db_dsn), assets=[
+            {"type": "table", "name": "odd", "table_name": '"Odd Table"', "schema_name": "public",
+             "batch_definitions": [{"name": "all"}]}])
+        batch = context.data_sources.get(gates.DATASOURCE).get_asset("odd").get_batch_definition("all").get_batch()
+        expected = [batch.validate(theirs[k](c)).result["unexpected_count"] for k, c in cases]
+    assert [x.observed for x in ours.results] == expected, expected
+    assert expected == [4, 4, 2, 2, 5, 2, 2]  # what GX counts, so that the comparison is not vacuous
 
 
 def test_failures_are_counted_and_sampled(gate_db, tmp_path):

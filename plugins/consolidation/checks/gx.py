@@ -7,15 +7,19 @@ directly, as ONE `gx.Checkpoint`:
 * one ValidationDefinition per table named by the checks; its batch is a table asset for that
   table, or - when the table does not exist - a query asset `SELECT 1`, so that the table's
   query checks still run (and usually fail with the database's own error);
-* its suite holds that table's expectations: "rows" -> UnexpectedRowsExpectation (the query is
-  deliberately cross-schema and has no `{batch}`; a subclass that runs the query once, see
-  `_rows_expectation`), "unique" -> ExpectColumnValuesToBeUnique,
-  "not_null" -> ExpectColumnValuesToNotBeNull, "compound_unique" ->
-  ExpectCompoundColumnsToBeUnique. Column checks on a missing table are not sent to GX: they
-  fail with error "table missing";
-* each expectation carries the check's index in its `meta`, which maps every GX result back to
-  its Check; a check GX did not report, or whose expectation raised inside GX, FAILS - an error
-  never counts as a pass. A gate with no checks is refused (ValueError).
+* its suite holds that table's checks as ONE UnexpectedRowsExpectation (a subclass that runs
+  its query once) over a statement that runs every check's query and returns a count and a
+  sample per failing check (checks.gx_expectations): GX's overhead per expectation, 20-40 ms,
+  was most of a gate's time. A "rows" check is its own query (deliberately cross-schema, no
+  `{batch}`); "unique", "not_null" and "compound_unique" are SQL over the table with the
+  semantics of GX's column expectations (gx_expectations.check_query). When the statement
+  raises, the batch's checks run again in a second checkpoint (`<run>_each`), one expectation
+  each, so each error is named on its own check. Column checks on a missing table are not
+  sent to GX: they fail with error "table missing";
+* each expectation carries its check index (a batch: the list of them) in its `meta`, which
+  maps every GX result back to its Check(s); a check GX did not report, or whose expectation
+  raised inside GX, FAILS - an error never counts as a pass. A gate with no checks is refused
+  (ValueError).
 
 The GX project is the committed folder include/gx (great_expectations.yml). Why an ephemeral
 context built from it, and not a FileDataContext on it: a FileDataContext writes every
@@ -49,9 +53,9 @@ GX is imported lazily (about 3-5 s): importing this module stays cheap. The stdo
 is process-wide: run one gate per process (as Airflow does), not from several threads.
 
 Result format: COMPLETE with partial_unexpected_count 5, the only format in which
-UnexpectedRowsExpectation returns rows; GX keeps at most 200 rows/values per expectation, but
-fetches them from a client-side cursor, so a check failing on millions of rows transfers them
-to the worker once (past 200 rows the count is a server-side COUNT(*)).
+UnexpectedRowsExpectation returns rows. A batched rows check sends its count and 5 rows
+(as JSON) from the server; a rows check run alone is fetched by GX (at most 200 rows, past
+which its count is a server-side COUNT(*)).
 """
 from __future__ import annotations
 
@@ -65,8 +69,8 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
+from consolidation.checks import gx_expectations as expectations
 from consolidation.core import config
 from consolidation.core.files import atomic_write, safe_name
 
@@ -75,13 +79,11 @@ log = logging.getLogger(__name__)
 GX_PROJECT_DIR = config.REPO_ROOT / "include" / "gx"
 DATASOURCE = "consolidation_db"  # the datasource of include/gx/great_expectations.yml
 KINDS = ("rows", "unique", "not_null", "compound_unique")
-SAMPLE_SIZE = 5
+SAMPLE_SIZE = expectations.SAMPLE_SIZE
 TABLE_MISSING = "table missing"
 RESULT_FORMAT = {"result_format": "COMPLETE", "partial_unexpected_count": SAMPLE_SIZE}
-_META_KEY = "consolidation_check"
 _URL_VAR = "CONSOLIDATION_GX_URL"
 _RESULTS_VAR = "CONSOLIDATION_GX_RESULTS_DIR"
-_MAX_ERROR = 500
 
 
 # ---------------------------------------------------------------- the interface
@@ -139,7 +141,7 @@ class CheckResult:
             "name": self.check.name, "table": self.check.table, "kind": self.check.kind,
             "step": self.check.step, "column": self.check.column,
             "description": self.check.description, "passed": self.passed,
-            "observed": self.observed, "sample": _jsonable(self.sample), "error": self.error,
+            "observed": self.observed, "sample": expectations.jsonable(self.sample), "error": self.error,
         }
         if with_query:
             d["query"] = self.check.query
@@ -214,27 +216,20 @@ def run_gate(dsn: str, gate: str, checks: list[Check], *,
     existing = _existing_tables(dsn, {c.table for c in checks})
     run_name = f"gate_{_safe(gate)}_{started:%Y%m%dT%H%M%SZ}_{uuid.uuid4().hex[:8]}"
 
-    by_table: dict[str, list[int]] = {}
-    for i, check in enumerate(checks):
-        by_table.setdefault(check.table, []).append(i)
-
-    outcome: dict[int, CheckResult] = {}
-    for table, indexes in by_table.items():
-        if table not in existing:
-            for i in indexes:
-                if checks[i].kind != "rows":
-                    outcome[i] = CheckResult(checks[i], False, None, [], TABLE_MISSING)
-
-    gx_results, run_error = _run_checkpoint(dsn, gate, run_name, checks, by_table, existing,
-                                            outcome, out_dir)
-    for i, check in enumerate(checks):
-        if i in outcome:
-            continue
-        if i in gx_results:
-            outcome[i] = _to_check_result(check, gx_results[i])
-        else:
-            outcome[i] = CheckResult(check, False, None, [],
-                                     run_error or "no result from Great Expectations")
+    # column checks on a missing table are not sent to GX; its rows checks are (see above)
+    outcome = {i: CheckResult(c, False, None, [], TABLE_MISSING) for i, c in enumerate(checks)
+               if c.table not in existing and c.kind != "rows"}
+    pending = [i for i in range(len(checks)) if i not in outcome]
+    done, run_error, again = _run_checkpoint(dsn, gate, run_name, checks, pending, existing,
+                                             out_dir, batch=True) if pending else ({}, None, [])
+    if again:  # a batch raised: its checks one expectation each, so each names its own error
+        more, again_error, _ = _run_checkpoint(dsn, gate, f"{run_name}_each", checks, again,
+                                               existing, out_dir, batch=False)
+        done.update(more)
+        run_error = run_error or again_error
+    for i in pending:
+        outcome[i] = done.get(i) or CheckResult(
+            checks[i], False, None, [], run_error or "no result from Great Expectations")
 
     results = [outcome[i] for i in range(len(checks))]
     result = GateResult(
@@ -266,12 +261,18 @@ def build_docs(results_dir: Path | None = None) -> Path:
 # ---------------------------------------------------------------- GX plumbing
 
 
-def _run_checkpoint(dsn, gate, run_name, checks, by_table, existing, outcome, out_dir):
-    """Build the checkpoint, run it once; {check index: ExpectationValidationResult}, error."""
+def _run_checkpoint(dsn, gate, run_name, checks, indexes, existing, out_dir, *, batch):
+    """Run the checks `indexes` as one checkpoint (one table's rows checks batched into one
+    expectation when `batch`): ({check index: CheckResult}, the error that stopped GX or None,
+    the indexes of batches that raised, to run again one expectation each)."""
     gx = _import_gx()
     import great_expectations.expectations as gxe
 
-    results: dict[int, Any] = {}
+    by_table: dict[str, list[int]] = {}
+    for i in indexes:
+        by_table.setdefault(checks[i].table, []).append(i)
+    results: dict[int, CheckResult] = {}
+    again: list[int] = []
     datasource = None
     try:
         with _quiet():
@@ -281,11 +282,9 @@ def _run_checkpoint(dsn, gate, run_name, checks, by_table, existing, outcome, ou
             plan: list[tuple[str, str, list]] = []  # (label, table, expectations)
             assets: list[dict] = []
             labels: set[str] = set()
-            for table, indexes in by_table.items():
-                expectations = [_expectation(gxe, i, checks[i]) for i in indexes
-                                if i not in outcome]
-                if not expectations:
-                    continue
+            for table, table_indexes in by_table.items():
+                suite_expectations = expectations.expectations(
+                    gxe, checks, table_indexes, existing.get(table), batch=batch)
                 # Stable per gate and table (Data Docs group a suite's runs); results of
                 # different runs never clash: their store key contains the unique run name.
                 label = base = f"gate_{_safe(gate)}__{_safe(table.replace('.', '__'))}"
@@ -303,22 +302,22 @@ def _run_checkpoint(dsn, gate, run_name, checks, by_table, existing, outcome, ou
                     schema, name = existing[table]
                     relation = f"{_quote_ident(schema)}.{_quote_ident(name)}"
                     asset = {"type": "query", "name": label,
-                             "query": _BIND_LIKE.sub(lambda m: "\\:" + m.group(1), f"SELECT * FROM {relation}")}
+                             "query": expectations.escape_binds(f"SELECT * FROM {relation}")}
                 else:
                     asset = {"type": "query", "name": label, "query": "SELECT 1"}
                 asset["batch_definitions"] = [{"name": "whole_table"}]
                 assets.append(asset)
-                plan.append((label, table, expectations))
+                plan.append((label, table, suite_expectations))
             context = _context(gx, out_dir, url=sqlalchemy_url(dsn), assets=assets)
             datasource = context.data_sources.get(DATASOURCE)
             definitions = []
-            for label, table, expectations in plan:
-                batch = datasource.get_asset(label).get_batch_definition("whole_table")
+            for label, table, suite_expectations in plan:
+                whole = datasource.get_asset(label).get_batch_definition("whole_table")
                 suite = context.suites.add(gx.ExpectationSuite(
-                    name=label, expectations=expectations,
+                    name=label, expectations=suite_expectations,
                     meta={"gate_table": table, "gate_run": run_name}))
                 definitions.append(context.validation_definitions.add(
-                    gx.ValidationDefinition(name=label, data=batch, suite=suite)))
+                    gx.ValidationDefinition(name=label, data=whole, suite=suite)))
             checkpoint = context.checkpoints.add(gx.Checkpoint(
                 name=run_name, validation_definitions=definitions,
                 result_format=dict(RESULT_FORMAT), actions=[]))
@@ -326,95 +325,16 @@ def _run_checkpoint(dsn, gate, run_name, checks, by_table, existing, outcome, ou
         _quiet_gx_loggers()  # modules GX imported lazily during the run
         for suite_result in run.run_results.values():
             for r in suite_result.results:
-                meta = (r.expectation_config.meta or {}) if r.expectation_config else {}
-                if _META_KEY in meta:
-                    results[int(meta[_META_KEY])] = r
-        return results, None
-    except Exception as exc:  # every check of the gate fails with this text
+                found, failed_batch = expectations.to_check_results(checks, r, CheckResult)
+                results.update(found)
+                again += failed_batch
+        return results, None, again
+    except Exception as exc:  # every check not yet reported fails with this text
         log.warning("gate run %s: Great Expectations raised: %s", run_name, exc, exc_info=True)
-        return results, _clean_error(f"Great Expectations raised {type(exc).__name__}: {exc}")
+        return results, expectations.clean_error(
+            f"Great Expectations raised {type(exc).__name__}: {exc}"), []
     finally:
         _dispose(datasource)
-
-
-def _expectation(gxe, index: int, check: Check):
-    common = {
-        "description": check.description,
-        "meta": {_META_KEY: index, "check": check.name, "table": check.table,
-                 "step": check.step, "kind": check.kind},
-    }
-    if check.kind == "rows":
-        return _rows_expectation(gxe)(unexpected_rows_query=_gx_query(check.query or ""), **common)
-    if check.kind == "unique":
-        return gxe.ExpectColumnValuesToBeUnique(column=check.columns[0], **common)
-    if check.kind == "not_null":
-        return gxe.ExpectColumnValuesToNotBeNull(column=check.columns[0], **common)
-    return gxe.ExpectCompoundColumnsToBeUnique(column_list=check.columns, **common)
-
-
-_ROWS_EXPECTATION = None
-
-
-def _rows_expectation(gxe):
-    """UnexpectedRowsExpectation that runs its query once.
-
-    GX's own computes two metrics from the same query, the rows and a COUNT(*) over it, so
-    every check ran twice (half of a 4B gate's time at scale). This one asks only for the rows
-    (GX fetches at most MAX_RESULT_RECORDS of them) and counts them; only when the fetch hit
-    that cap - a check failing on many rows - does it run the COUNT(*) too. Defined on first
-    use: GX is imported lazily, and the class registers itself with GX when defined.
-    """
-    global _ROWS_EXPECTATION
-    if _ROWS_EXPECTATION is None:
-        from great_expectations.constants import MAX_RESULT_RECORDS
-        from great_expectations.compatibility.sqlalchemy import sqlalchemy as sa
-
-        class ConsolidationUnexpectedRows(gxe.UnexpectedRowsExpectation):
-            metric_dependencies = ("unexpected_rows_query.table",)
-
-            def _validate(self, metrics, runtime_configuration=None, execution_engine=None):
-                rows = metrics["unexpected_rows_query.table"]
-                count = len(rows)
-                if count >= MAX_RESULT_RECORDS:
-                    query = self.unexpected_rows_query.format(batch="")  # undoes the doubled braces
-                    count = execution_engine.execute_query(
-                        sa.text(f"SELECT COUNT(*) FROM ({query}) AS unexpected_rows")).scalar()
-                return {"success": count == 0,
-                        "result": {"observed_value": count, "details": {"unexpected_rows": rows}}}
-
-        _ROWS_EXPECTATION = ConsolidationUnexpectedRows
-    return _ROWS_EXPECTATION
-
-
-def _to_check_result(check: Check, r) -> CheckResult:
-    error = _exception_text(r.exception_info)
-    res = r.result or {}
-    if check.kind == "rows":
-        observed = res.get("observed_value")
-        sample = ((res.get("details") or {}).get("unexpected_rows") or [])[:SAMPLE_SIZE]
-    else:
-        observed = res.get("unexpected_count")
-        sample = (res.get("partial_unexpected_list") or [])[:SAMPLE_SIZE]
-    observed = int(observed) if isinstance(observed, (int, float)) else None
-    passed = bool(r.success) and error is None
-    if not passed and error is None and observed is None:
-        error = "Great Expectations reported a failure without a count"
-    return CheckResult(check, passed, observed, _jsonable(sample), error)
-
-
-def _exception_text(info) -> str | None:
-    """The message of an exception GX caught, in either of its two shapes, or None."""
-    if not info:
-        return None
-    if "raised_exception" in info:
-        entries = [info]
-    else:  # {MetricConfigurationID: {"raised_exception": ..., "exception_message": ...}}
-        entries = [v for v in info.values() if isinstance(v, dict)]
-    for entry in entries:
-        if entry.get("raised_exception"):
-            message = entry.get("exception_message") or "exception without a message"
-            return _clean_error(str(message))
-    return None
 
 
 _GX_READY = False
@@ -528,15 +448,6 @@ def _existing_tables(dsn: str, tables: set[str]) -> dict[str, tuple[str | None, 
     return found
 
 
-_BIND_LIKE = re.compile(r"(?<![:\w\\]):(\w+)(?![:\w])", re.UNICODE)
-
-
-def _gx_query(query: str) -> str:
-    """The query as GX must receive it: braces doubled (str.format), `:name` escaped (text())."""
-    query = query.replace("{", "{{").replace("}", "}}")
-    return _BIND_LIKE.sub(lambda m: "\\:" + m.group(1), query)
-
-
 def _quote_ident(name: str) -> str:
     """GX takes quoted table names for anything PostgreSQL would fold or reject bare."""
     return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
@@ -581,20 +492,3 @@ def _safe(text: str) -> str:
     return safe_name(text, keep="_-", empty="x")
 
 
-def _clean_error(text: str) -> str:
-    """The database's message without SQLAlchemy's echo of the SQL and its doc link."""
-    for marker in ("\n[SQL:", "[SQL:", "(Background on this error"):
-        text = text.split(marker, 1)[0]
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    # psycopg appends "LINE 1: ..." and a caret line: position hints for a query nobody sees
-    kept = [ln for ln in lines if not re.match(r"\s*(LINE \d+:|\^)", ln)]
-    return _short(" ".join(kept or lines) or "unknown error")
-
-
-def _short(text: str) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=str))
