@@ -42,6 +42,11 @@ def test_recursive_alias_and_deep_nesting_are_refused():
         strict_yaml.load("a: &x [1, *x]\n")
     with pytest.raises(YamlRefused, match="nested more than"):
         strict_yaml.load("a: " + "[" * 5000 + "]" * 5000)
+    # deep enough to overflow the C stack of libyaml's composer, were it not checked first
+    with pytest.raises(YamlRefused, match="line 1: nested more than"):
+        strict_yaml.load("[" * 300_000 + "]" * 300_000)
+    with pytest.raises(YamlRefused, match="nested more than"):
+        strict_yaml.load("a:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 60)) + "  " * 60 + "x: 1\n")
 
 
 def test_oversized_file_is_refused(tmp_path):
