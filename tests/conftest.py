@@ -17,8 +17,11 @@ Every database is named ctest_<hex> and dropped WITH (FORCE) at teardown, so the
 also runs against a shared cluster (e.g. PostgreSQL 15 on 127.0.0.1:5432). Roles are
 cluster-wide: tests that create roles must use unique names and drop them.
 
-Stages (session templates, built lazily - only when a selected test asks - through the engine
-functions the DAG tasks call, see tests/phase_helpers.py; clone them, never write to them):
+Stages (templates, built lazily - only when a selected test asks - through the engine
+functions the DAG tasks call, see tests/phase_helpers.py; clone them, never write to them).
+One run builds each stage once: the first pytest-xdist worker that asks builds it, the others
+wait on its lock file (in a folder of the system's temporary folder named by the run's id,
+CONSOLIDATION_TEST_RUN), and the run's own process drops them at the end:
 
     fixture_template   name of the legacy fixture (Phases 1-3)     legacy_db -> a clone's DSN
     template_4a        Stage: 4A done, its gate passed              db_4a     -> a clone's DSN
@@ -49,6 +52,7 @@ Environment, set here at import time (before anything imports Airflow):
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -69,6 +73,11 @@ if str(PLUGINS) not in sys.path:
     sys.path.insert(0, str(PLUGINS))
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="consolidation-tests-"))
+# What the processes of one run share: the stage templates and their state folders, built by
+# the first worker that needs one (see _stage). The run's own process picks the id before it
+# starts its pytest-xdist workers, which inherit it with the environment.
+_RUN_ID = os.environ.setdefault("CONSOLIDATION_TEST_RUN", uuid.uuid4().hex[:12])
+_SHARED = Path(tempfile.gettempdir()) / f"consolidation-stages-{_RUN_ID}"
 
 os.environ.setdefault(
     "CONSOLIDATION_PGDATA",
@@ -87,8 +96,28 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 
+_STAGES_BUILT: dict[str, float] = {}
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+    if not hasattr(session.config, "workerinput"):  # the run's own process, after every worker
+        _STAGES_BUILT.update({s["label"]: s["seconds"] for s in _shared_stages()})
+        _drop_shared_stages()
+
+
+def _shared_stages() -> list[dict]:
+    stages = [json.loads(p.read_text()) for p in _SHARED.glob("*.json")] if _SHARED.is_dir() else []
+    return sorted(stages, key=lambda s: s["finished"])  # templates before their clones
+
+
+def _drop_shared_stages() -> None:
+    for stage in reversed(_shared_stages()):  # clones before their templates
+        try:
+            _drop_databases(stage["maintenance_dsn"], [stage["name"]])
+        except Exception as exc:  # the server may be gone; say so, do not hide the run's result
+            print(f"could not drop stage database {stage['name']}: {exc}", file=sys.stderr)
+    shutil.rmtree(_SHARED, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ tiers
@@ -128,9 +157,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if STAGE_SECONDS:
-        terminalreporter.write_line("stages built (engine, once per session): " + ", ".join(
-            f"{label} {seconds:.1f} s" for label, seconds in STAGE_SECONDS.items()))
+    if _STAGES_BUILT:  # read by pytest_sessionfinish, which runs first
+        terminalreporter.write_line("stages built (engine, once per run, shared by its workers): " + ", ".join(
+            f"{label} {seconds:.1f} s" for label, seconds in _STAGES_BUILT.items()))
 
 
 def pytest_report_header(config):
@@ -184,14 +213,21 @@ def _create_database(maintenance_dsn: str, template: str | None, *, background: 
     statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
         sql.Identifier(name), sql.Identifier(template or "template0"))
     with psycopg.connect(maintenance_dsn, autocommit=True, connect_timeout=5) as conn:
-        try:
-            conn.execute(statement)
-        except psycopg.errors.ObjectInUse:
-            if background:  # someone reads the template right now: leave them alone
-                raise
-            # a template must have no session: end the ones left over (e.g. a GX pool) and retry once
-            release(conn, template)
-            conn.execute(statement)
+        # a template must have no session. Someone reading it (ro_4b, in this worker or another
+        # one: the stages are shared) is left alone for a while; then the sessions left over
+        # (e.g. a GX pool) are ended and it is tried once more
+        for wait in (0.1, 0.2, 0.5, 1, 2, 4, 8, None):
+            try:
+                conn.execute(statement)
+                return name
+            except psycopg.errors.ObjectInUse:
+                if background:  # the foreground makes it when it is needed
+                    raise
+                if wait is None:
+                    release(conn, template)
+                    conn.execute(statement)
+                    return name
+                time.sleep(wait)
     return name
 
 
@@ -355,52 +391,71 @@ class Stage:
     export_file: Path | None = None  # 4C: the registry export its ledger names
 
 
-STAGE_SECONDS: dict[str, float] = {}
+def _stage(maintenance_dsn, clone_pool, template: str | None, label: str, build) -> Stage:
+    """The run's stage `label`: a database copied from `template`, then `build(dsn, folder)`.
 
+    Built once per run, by whichever worker asks first: the others wait on its lock file and
+    use it (a build that failed is retried by the next worker that asks, from scratch). It is
+    dropped by the run's own process at the end (pytest_sessionfinish)."""
+    import fcntl
 
-def _stage(make_session_db, maintenance_dsn, clone_pool, template: str | None, label: str, build) -> Stage:
     import psycopg
+    from psycopg import sql
 
-    dsn = make_session_db(template=template)
-    started = time.perf_counter()
-    with state_folder(_SESSION_TMP / "stages" / label) as folder:
-        extra = build(dsn, folder)
-    with psycopg.connect(maintenance_dsn, autocommit=True, connect_timeout=5) as conn:
-        release(conn, dbname_of(dsn))  # nobody may stay connected to a template
-    STAGE_SECONDS[label] = time.perf_counter() - started
-    clone_pool.register(dbname_of(dsn))
-    return Stage(dbname_of(dsn), dsn, folder, extra)
+    _SHARED.mkdir(parents=True, exist_ok=True)
+    name = f"ctest_stage_{_RUN_ID}_{label}"
+    record = _SHARED / f"{label}.json"
+    folder = _SHARED / label
+    with open(_SHARED / f"{label}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            started = time.perf_counter()
+            with psycopg.connect(maintenance_dsn, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(template or "template0")))
+            dsn = with_dbname(maintenance_dsn, name)
+            shutil.rmtree(folder, ignore_errors=True)
+            with state_folder(folder):
+                extra = build(dsn, folder)
+            with psycopg.connect(maintenance_dsn, autocommit=True, connect_timeout=5) as conn:
+                release(conn, name)  # nobody may stay connected to a template
+            tmp = record.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"label": label, "name": name, "maintenance_dsn": maintenance_dsn,
+                                       "seconds": round(time.perf_counter() - started, 1),
+                                       "finished": time.time(),
+                                       "extra": str(extra) if extra is not None else None}))
+            tmp.replace(record)
+        built = json.loads(record.read_text())
+    clone_pool.register(name)
+    return Stage(name, with_dbname(maintenance_dsn, name), folder,
+                 Path(built["extra"]) if built["extra"] else None)
 
 
 @pytest.fixture(scope="session")
-def fixture_template(make_session_db, clone_pool) -> str:
-    """Name of a session database holding the Phase 1-3 fixture (scale 1); clone it."""
+def fixture_template(maintenance_dsn, clone_pool) -> str:
+    """Name of the run's database holding the Phase 1-3 fixture (scale 1); clone it."""
     from consolidation.dev import fixture
 
-    dsn = make_session_db()
-    fixture.build(dsn)
-    clone_pool.register(dbname_of(dsn))
-    return dbname_of(dsn)
+    return _stage(maintenance_dsn, clone_pool, None, "fixture", lambda dsn, folder: fixture.build(dsn)).name
 
 
 @pytest.fixture(scope="session")
-def template_4a(make_session_db, maintenance_dsn, clone_pool, fixture_template) -> Stage:
+def template_4a(maintenance_dsn, clone_pool, fixture_template) -> Stage:
     import phase_helpers as ph
 
-    return _stage(make_session_db, maintenance_dsn, clone_pool, fixture_template, "4a",
-                  lambda dsn, folder: ph.engine_4a(dsn))
+    return _stage(maintenance_dsn, clone_pool, fixture_template, "4a", lambda dsn, folder: ph.engine_4a(dsn))
 
 
 @pytest.fixture(scope="session")
-def template_4b(make_session_db, maintenance_dsn, clone_pool, template_4a) -> Stage:
+def template_4b(maintenance_dsn, clone_pool, template_4a) -> Stage:
     import phase_helpers as ph
 
-    return _stage(make_session_db, maintenance_dsn, clone_pool, template_4a.name, "4b",
-                  lambda dsn, folder: ph.engine_4b(dsn))
+    return _stage(maintenance_dsn, clone_pool, template_4a.name, "4b", lambda dsn, folder: ph.engine_4b(dsn))
 
 
 @pytest.fixture(scope="session")
-def template_4c(make_session_db, maintenance_dsn, clone_pool, template_4b) -> Stage:
+def template_4c(maintenance_dsn, clone_pool, template_4b) -> Stage:
     import phase_helpers as ph
 
     def build(dsn, folder):
@@ -408,7 +463,7 @@ def template_4c(make_session_db, maintenance_dsn, clone_pool, template_4b) -> St
         export.chmod(0o444)  # clones read it; a re-export goes to the clone's own state folder
         return export
 
-    return _stage(make_session_db, maintenance_dsn, clone_pool, template_4b.name, "4c", build)
+    return _stage(maintenance_dsn, clone_pool, template_4b.name, "4c", build)
 
 
 def read_only(dsn: str) -> str:
