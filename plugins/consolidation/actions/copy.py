@@ -52,7 +52,7 @@ class CopyAction(Action):
         if step.object == "view":
             spec.notes.append(f"snapshot of view {step.source}: its rows are copied into a table")
             return
-        carry_table_details(conn, spec, step, rename)
+        carry_table_details(conn, catalog, spec, step, rename)
 
     def pre_statements(self, plan: Plan, step: Step, spec: TargetSpec) -> list[sql.Composable]:
         if spec.key:

@@ -71,9 +71,19 @@ class Catalog:
     dependencies: list[Dependency] = field(default_factory=list)
     grants: dict[str, list[str]] = field(default_factory=dict)  # relation -> ["role:PRIV", ...]
     existing_schemas: set[str] = field(default_factory=set)
+    _details: dict | None = field(default=None, repr=False, compare=False)
 
     def relation(self, schema: str, name: str) -> Relation | None:
         return self.relations.get((schema, name))
+
+    def table_details(self, conn, schema: str, table: str) -> tuple[list[Constraint], list[Index]]:
+        """table_details() of a relation of the catalog's schemas, read for all of them at once on
+        first use (deriving the specs asked once per step source: thousands of queries a phase)."""
+        if schema not in self.schemas:
+            return table_details(conn, schema, table)
+        if self._details is None:
+            self._details = _details(conn, "n.nspname = ANY(%(schemas)s)", {"schemas": list(self.schemas)})
+        return self._details.get((schema, table), ([], []))
 
     def columns(self, schema: str, name: str) -> dict[str, str] | None:
         rel = self.relation(schema, name)
@@ -293,10 +303,18 @@ class Index:
 
 
 def table_details(conn, schema: str, table: str) -> tuple[list[Constraint], list[Index]]:
-    """Constraints and non-constraint indexes of one relation, structured."""
+    """Constraints and non-constraint indexes of one relation, structured (read now)."""
+    return _details(conn, "n.nspname = %(s)s AND c.relname = %(t)s", {"s": schema, "t": table}).get(
+        (schema, table), ([], []))
+
+
+def _details(conn, where: str, params: dict) -> dict[tuple[str, str], tuple[list[Constraint], list[Index]]]:
+    """{(schema, relation): (constraints, indexes)} of the relations `where` (a fixed condition
+    on n and c, with `params`) selects; constraints by type and name, indexes by name."""
+    found: dict[tuple[str, str], tuple[list[Constraint], list[Index]]] = {}
     cur = conn.execute(
         """
-        SELECT con.conname, con.contype,
+        SELECT n.nspname, c.relname, con.conname, con.contype,
                ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(n, o)
                      JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o),
                pg_get_constraintdef(con.oid),
@@ -306,16 +324,17 @@ def table_details(conn, schema: str, table: str) -> tuple[list[Constraint], list
           FROM pg_constraint con
           JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
           LEFT JOIN pg_class rc ON rc.oid = con.confrelid LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
-         WHERE n.nspname = %s AND c.relname = %s AND con.contype IN ('p','u','c','f')
-         ORDER BY con.contype, con.conname
+         WHERE """ + where + """ AND con.contype IN ('p','u','c','f')
+         ORDER BY n.nspname, c.relname, con.contype, con.conname
         """,
-        (schema, table),
+        params,
     )
-    constraints = [Constraint(name, typ, list(cols), definition, rs, rt, list(rcols or []))
-                   for name, typ, cols, definition, rs, rt, rcols in cur.fetchall()]
+    for schema, rel, name, typ, cols, definition, rs, rt, rcols in cur.fetchall():
+        found.setdefault((schema, rel), ([], []))[0].append(
+            Constraint(name, typ, list(cols), definition, rs, rt, list(rcols or [])))
     cur = conn.execute(
         """
-        SELECT i.relname, ix.indisunique, am.amname, pg_get_indexdef(ix.indexrelid),
+        SELECT n.nspname, c.relname, i.relname, ix.indisunique, am.amname, pg_get_indexdef(ix.indexrelid),
                pg_get_expr(ix.indpred, ix.indrelid),
                CASE WHEN ix.indexprs IS NULL THEN
                  ARRAY(SELECT a.attname FROM unnest(ix.indkey::int2[]) WITH ORDINALITY k(n, o)
@@ -325,15 +344,16 @@ def table_details(conn, schema: str, table: str) -> tuple[list[Constraint], list
           JOIN pg_class i ON i.oid = ix.indexrelid
           JOIN pg_class c ON c.oid = ix.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
           JOIN pg_am am ON am.oid = i.relam
-         WHERE n.nspname = %s AND c.relname = %s
+         WHERE """ + where + """
            AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = ix.indexrelid)
-         ORDER BY i.relname
+         ORDER BY n.nspname, c.relname, i.relname
         """,
-        (schema, table),
+        params,
     )
-    indexes = [Index(name, list(cols or []), uniq, method, definition, pred)
-               for name, uniq, method, definition, pred, cols in cur.fetchall()]
-    return constraints, indexes
+    for schema, rel, name, uniq, method, definition, pred, cols in cur.fetchall():
+        found.setdefault((schema, rel), ([], []))[1].append(
+            Index(name, list(cols or []), uniq, method, definition, pred))
+    return found
 
 
 # ------------------------------------------------------------------ names, existence, row checksums

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from psycopg import sql
 
-from consolidation.core.catalog import Catalog, QualifiedName, table_details
+from consolidation.core.catalog import Catalog, QualifiedName
 from consolidation.core.columns.check import expression_type, lexical_problem, normalise_type, volatile_functions
 from consolidation.core.columns.mapping import ColumnMap
 from consolidation.core.columns.render import value_sql
@@ -247,10 +247,10 @@ def _fill(conn, plan: Plan, catalog: Catalog, spec: TargetSpec) -> None:
     action_of(spec.steps[0]).fill_spec(conn, plan, catalog, spec, existing)
 
 
-def carry_table_details(conn, spec: TargetSpec, step: Step, rename: dict[str, str]) -> None:
+def carry_table_details(conn, catalog: Catalog, spec: TargetSpec, step: Step, rename: dict[str, str]) -> None:
     """The source table's unique and check constraints and plain indexes, on the renamed
     columns of a target created from it alone (what cannot be carried over is noted)."""
-    constraints, indexes = table_details(conn, step.source_schema, step.source_table)
+    constraints, indexes = catalog.table_details(conn, step.source_schema, step.source_table)
     for con in constraints:
         if con.type == "u" and all(c in rename for c in con.columns):
             spec.uniques.append([rename[c] for c in con.columns])
@@ -286,7 +286,7 @@ def _repoint_foreign_keys(conn, plan: Plan, catalog: Catalog, specs: dict[str, T
             continue
         for step in spec.steps:
             fks = [] if step.object == "view" else [
-                c for c in table_details(conn, step.source_schema, step.source_table)[0] if c.type == "f"]
+                c for c in catalog.table_details(conn, step.source_schema, step.source_table)[0] if c.type == "f"]
             names = sorted(c.name for c in fks)
             for name in step.drop_foreign_keys:
                 if name not in names:
