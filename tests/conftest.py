@@ -202,7 +202,10 @@ def server_dsn() -> str:
 @pytest.fixture(scope="session")
 def maintenance_dsn(server_dsn) -> str:
     """The server's `postgres` database, for CREATE/DROP DATABASE."""
-    return with_dbname(server_dsn, "postgres")
+    global _FILE_COPY
+    dsn = with_dbname(server_dsn, "postgres")
+    _FILE_COPY = _file_copy(dsn)
+    return dsn
 
 
 def _create_database(maintenance_dsn: str, template: str | None, *, background: bool = False) -> str:
@@ -210,8 +213,8 @@ def _create_database(maintenance_dsn: str, template: str | None, *, background: 
     from psycopg import sql
 
     name = f"ctest_{uuid.uuid4().hex[:16]}"
-    statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-        sql.Identifier(name), sql.Identifier(template or "template0"))
+    statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(
+        sql.Identifier(name), sql.Identifier(template or "template0"), _FILE_COPY or sql.SQL(""))
     with psycopg.connect(maintenance_dsn, autocommit=True, connect_timeout=5) as conn:
         # a template must have no session. Someone reading it (ro_4b, in this worker or another
         # one: the stages are shared) is left alone for a while; then the sessions left over
@@ -229,6 +232,21 @@ def _create_database(maintenance_dsn: str, template: str | None, *, background: 
                     return name
                 time.sleep(wait)
     return name
+
+
+def _file_copy(maintenance_dsn: str):
+    """` STRATEGY FILE_COPY` where the server has it (PostgreSQL 15+). Its default, WAL_LOG, writes
+    every page of the copy to the WAL through shared buffers, then the checkpointer writes
+    them again and DROP DATABASE scans them out: for a 45 MB stage, about 41 MB of WAL per clone
+    and a drop 3x slower. A test run makes a few hundred clones; FILE_COPY copies the files."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(maintenance_dsn, autocommit=True, connect_timeout=5) as conn:
+        return sql.SQL(" STRATEGY FILE_COPY") if conn.info.server_version >= 150000 else sql.SQL("")
+
+
+_FILE_COPY = None  # set by the maintenance_dsn fixture
 
 
 def _drop_databases(maintenance_dsn: str, names) -> None:
@@ -412,8 +430,8 @@ def _stage(maintenance_dsn, clone_pool, template: str | None, label: str, build)
             started = time.perf_counter()
             with psycopg.connect(maintenance_dsn, autocommit=True, connect_timeout=5) as conn:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(name), sql.Identifier(template or "template0")))
+                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(
+                    sql.Identifier(name), sql.Identifier(template or "template0"), _FILE_COPY or sql.SQL("")))
             dsn = with_dbname(maintenance_dsn, name)
             shutil.rmtree(folder, ignore_errors=True)
             with state_folder(folder):
