@@ -79,20 +79,23 @@ def test_passing_gate_persists_results(gate_db, tmp_path, capfd):
 
 @pytest.mark.parametrize("together", [True, False], ids=["one-batch", "one-expectation-each"])
 def test_a_rows_check_is_counted_exactly_past_the_fetch_cap(gate_db, tmp_path, together):
-    """A rows check's query runs once. In a batch (checks on one table) its count is a server-side
-    count(*); alone, GX fetches at most 200 rows and a check failing on more gets its exact
-    count from GX's own COUNT(*) metric. Either way the sample stays short."""
+    """A rows check's query runs once. In a batch its count is a server-side count(*); alone (a
+    check of the batch raised, so each runs again on its own) GX fetches at most 200 rows and a
+    check failing on more gets its exact count from GX's own COUNT(*) metric. Either way the
+    sample stays short."""
     from great_expectations.constants import MAX_RESULT_RECORDS
 
-    checks = [Check(f"n_{n}", "public.src" if together else f"nowhere.t{n}", f"{n} unexpected rows",
+    checks = [Check(f"n_{n}", "public.src", f"{n} unexpected rows",
                     query=f"SELECT g AS n FROM generate_series(1, {n}) AS g")
               for n in (0, 1, MAX_RESULT_RECORDS - 1, MAX_RESULT_RECORDS, 1234)]
+    if not together:
+        checks.append(Check("broken", "public.src", "a misspelt column", query="SELECT nmae FROM public.src"))
     result = run_gate(gate_db, "4B", checks, results_dir=tmp_path)
-    assert [(r.passed, r.observed) for r in result.results] == [
+    assert [(r.passed, r.observed) for r in result.results][:5] == [
         (True, 0), (False, 1), (False, MAX_RESULT_RECORDS - 1), (False, MAX_RESULT_RECORDS), (False, 1234)]
-    assert result.results[-1].sample == [{"n": i} for i in range(1, 6)]
-    assert all(r.error is None for r in result.results)
-    assert len(expectations_run(tmp_path)) == (1 if together else 5)
+    assert result.results[4].sample == [{"n": i} for i in range(1, 6)]
+    assert [r.check.name for r in result.results if r.error] == ([] if together else ["broken"])
+    assert len(expectations_run(tmp_path)) == (1 if together else 1 + 6)
 
 
 def expectations_run(results_dir: Path) -> list[dict]:
@@ -320,7 +323,7 @@ def test_two_gates_at_once_in_separate_processes(gate_db, tmp_path):
     assert all(r.passed for r in results), [r.summary() for r in results]
     assert results[0].gx_run_id != results[1].gx_run_id
     stored = list((tmp_path / "validations").rglob("*.json"))
-    assert len(stored) == 4  # two tables x two runs, none overwritten
+    assert len(stored) == 2  # one validation per run, none overwritten
     assert {r.gx_run_id for r in results} == {p.parts[-3] for p in stored}
 
 
@@ -328,7 +331,10 @@ def test_build_docs(gate_db, tmp_path):
     run_gate(gate_db, "4B", ok_checks("raw_data.copy_bad"), results_dir=tmp_path)
     index = gates.build_docs(tmp_path)
     assert index == tmp_path / "data_docs" / "local_site" / "index.html"
-    assert "gate_4B__raw_data__copy_bad" in index.read_text()
+    assert "gate_4B" in index.read_text()
+    # the validation's page names each check of the failing batch and its table
+    pages = [p.read_text() for p in (tmp_path / "data_docs" / "local_site" / "validations").rglob("*.html")]
+    assert len(pages) == 1 and "raw_data.copy_bad rows_present" in pages[0]
 
 
 def test_import_is_cheap():

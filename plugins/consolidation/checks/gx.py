@@ -4,18 +4,17 @@ The engine describes what must hold after a phase as `Check`s (SQL returning the
 rows, or a column property of a table). `run_gate` runs them all through GX Core, called
 directly, as ONE `gx.Checkpoint`:
 
-* one ValidationDefinition per table named by the checks; its batch is a table asset for that
-  table, or - when the table does not exist - a query asset `SELECT 1`, so that the table's
-  query checks still run (and usually fail with the database's own error);
-* its suite holds that table's checks as ONE UnexpectedRowsExpectation (a subclass that runs
-  its query once) over a statement that runs every check's query and returns a count and a
-  sample per failing check (checks.gx_expectations): GX's overhead per expectation, 20-40 ms,
-  was most of a gate's time. A "rows" check is its own query (deliberately cross-schema, no
-  `{batch}`); "unique", "not_null" and "compound_unique" are SQL over the table with the
-  semantics of GX's column expectations (gx_expectations.check_query). When the statement
-  raises, the batch's checks run again in a second checkpoint (`<run>_each`), one expectation
-  each, so each error is named on its own check. Column checks on a missing table are not
-  sent to GX: they fail with error "table missing";
+* ONE ValidationDefinition, suite `gate_<gate>`, over a query asset `SELECT 1`: every check is
+  SQL that names its own tables (a "rows" check is its own query, deliberately cross-schema,
+  no `{batch}`; "unique", "not_null" and "compound_unique" are SQL over their table with the
+  semantics of GX's column expectations, gx_expectations.check_query);
+* its expectations are UnexpectedRowsExpectations (a subclass that runs its query once), each
+  over a statement that runs up to 50 checks' queries, table by table, and returns a count and
+  a sample per failing check (gx_expectations.batch_query): GX's overhead per expectation
+  (20-40 ms) and per validation was most of a gate's time. When a statement raises, its
+  checks run again in a second checkpoint (`<run>_each`), one expectation each, so each error
+  is named on its own check. Column checks on a missing table are not sent to GX: they fail
+  with error "table missing";
 * each expectation carries its check index (a batch: the list of them) in its `meta`, which
   maps every GX result back to its Check(s); a check GX did not report, or whose expectation
   raised inside GX, FAILS - an error never counts as a pass. A gate with no checks is refused
@@ -31,7 +30,7 @@ suites, validation definitions and checkpoints stay in memory (the YAML declares
 stores for them), while the validation results store and the Data Docs site are filesystem
 stores under the results folder (default `config.state_dir()/gx`, git-ignored). Each call
 has its own context, so names cannot clash between calls: suites and assets are named per
-gate and table (`gate_4B__raw_data__x`, so Data Docs list a table's runs together) and the
+gate (`gate_4B`, so Data Docs list a gate's runs together) and the
 checkpoint and run id are `gate_<gate>_<UTC stamp>_<hex>`; the results store key contains
 that unique run id, so concurrent gates write distinct files. The gate's own JSON
 (GateResult.to_dict()) goes to <results>/gates/<run id>.json. `build_docs()` renders GX Data
@@ -63,7 +62,6 @@ import contextlib
 import io
 import json
 import logging
-import re
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -262,62 +260,30 @@ def build_docs(results_dir: Path | None = None) -> Path:
 
 
 def _run_checkpoint(dsn, gate, run_name, checks, indexes, existing, out_dir, *, batch):
-    """Run the checks `indexes` as one checkpoint (one table's rows checks batched into one
-    expectation when `batch`): ({check index: CheckResult}, the error that stopped GX or None,
-    the indexes of batches that raised, to run again one expectation each)."""
+    """Run the checks `indexes` as one checkpoint of one validation (with `batch`, up to
+    BATCH_SIZE checks per expectation): ({check index: CheckResult}, the error that stopped GX
+    or None, the indexes of batches that raised, to run again one expectation each)."""
     gx = _import_gx()
     import great_expectations.expectations as gxe
 
-    by_table: dict[str, list[int]] = {}
-    for i in indexes:
-        by_table.setdefault(checks[i].table, []).append(i)
     results: dict[int, CheckResult] = {}
     again: list[int] = []
     datasource = None
     try:
         with _quiet():
-            # One asset (and ValidationDefinition) per table. The assets are declared with the
-            # datasource in one go: adding them one by one re-serialises the whole project
-            # config after each addition (quadratic; ~1.5 s of a 30-table gate).
-            plan: list[tuple[str, str, list]] = []  # (label, table, expectations)
-            assets: list[dict] = []
-            labels: set[str] = set()
-            for table, table_indexes in by_table.items():
-                suite_expectations = expectations.expectations(
-                    gxe, checks, table_indexes, existing.get(table), batch=batch)
-                # Stable per gate and table (Data Docs group a suite's runs); results of
-                # different runs never clash: their store key contains the unique run name.
-                label = base = f"gate_{_safe(gate)}__{_safe(table.replace('.', '__'))}"
-                while label in labels:
-                    label = f"{base}_{len(labels)}"
-                labels.add(label)
-                if table in existing and (existing[table][0] is None
-                                          or _quote_ident(existing[table][0]) == existing[table][0]):
-                    schema, name = existing[table]
-                    asset = {"type": "table", "name": label, "table_name": _quote_ident(name),
-                             "schema_name": schema}
-                elif table in existing:
-                    # GX lowercases an unquoted schema_name and quotes a quoted one twice: a schema
-                    # that needs quotes (`"Mixed Case"`) is read through a query naming it as psycopg does
-                    schema, name = existing[table]
-                    relation = f"{_quote_ident(schema)}.{_quote_ident(name)}"
-                    asset = {"type": "query", "name": label,
-                             "query": expectations.escape_binds(f"SELECT * FROM {relation}")}
-                else:
-                    asset = {"type": "query", "name": label, "query": "SELECT 1"}
-                asset["batch_definitions"] = [{"name": "whole_table"}]
-                assets.append(asset)
-                plan.append((label, table, suite_expectations))
-            context = _context(gx, out_dir, url=sqlalchemy_url(dsn), assets=assets)
+            # Every check is SQL naming its own tables (gx_expectations.check_query), so the
+            # gate's one validation reads a batch that is only `SELECT 1`. Stable per gate (Data
+            # Docs group its runs); results of different runs never clash: their store key
+            # contains the unique run name.
+            label = f"gate_{_safe(gate)}"
+            suite_expectations = expectations.expectations(gxe, checks, indexes, existing, batch=batch)
+            asset = {"type": "query", "name": label, "query": "SELECT 1", "batch_definitions": [{"name": "gate"}]}
+            context = _context(gx, out_dir, url=sqlalchemy_url(dsn), assets=[asset])
             datasource = context.data_sources.get(DATASOURCE)
-            definitions = []
-            for label, table, suite_expectations in plan:
-                whole = datasource.get_asset(label).get_batch_definition("whole_table")
-                suite = context.suites.add(gx.ExpectationSuite(
-                    name=label, expectations=suite_expectations,
-                    meta={"gate_table": table, "gate_run": run_name}))
-                definitions.append(context.validation_definitions.add(
-                    gx.ValidationDefinition(name=label, data=whole, suite=suite)))
+            suite = context.suites.add(gx.ExpectationSuite(
+                name=label, expectations=suite_expectations, meta={"gate": gate, "gate_run": run_name}))
+            definitions = [context.validation_definitions.add(gx.ValidationDefinition(
+                name=label, data=datasource.get_asset(label).get_batch_definition("gate"), suite=suite))]
             checkpoint = context.checkpoints.add(gx.Checkpoint(
                 name=run_name, validation_definitions=definitions,
                 result_format=dict(RESULT_FORMAT), actions=[]))
@@ -446,11 +412,6 @@ def _existing_tables(dsn: str, tables: set[str]) -> dict[str, tuple[str | None, 
             if row:
                 found[table] = (row[0] if schema else None, row[1])
     return found
-
-
-def _quote_ident(name: str) -> str:
-    """GX takes quoted table names for anything PostgreSQL would fold or reject bare."""
-    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
 
 
 def _validate(gate: str, checks: list[Check]) -> None:

@@ -1,10 +1,11 @@
 """The gate's checks as Great Expectations expectations, and their results back as CheckResults.
 
 Every check is SQL returning its unexpected rows (`check_query`: a rows check's own query, or,
-for a column check, SQL over its table with the semantics of GX's column expectations). One
-table's checks go to GX as ONE UnexpectedRowsExpectation (`batch_query`): GX spends 20-40 ms
-on each expectation (validation graph, configuration copies) besides the query itself, which
-was most of a gate's time. The batch is a single statement: each check's query is a
+for a column check, SQL over its table with the semantics of GX's column expectations). Up to
+BATCH_SIZE checks, taken table by table, go to GX as ONE UnexpectedRowsExpectation
+(`batch_query`): GX spends 20-40 ms on each expectation (validation graph, configuration
+copies) and more on each validation, besides the query itself, which was most of a gate's
+time. The batch is a single statement: each check's query is a
 MATERIALIZED CTE, read twice, once for its count and once for a sample of SAMPLE_SIZE rows as
 JSON, one output row per check that found unexpected rows (a batch returns at most
 BATCH_SIZE rows, under GX's fetch cap of 200). Every check keeps its own count, sample and
@@ -33,21 +34,23 @@ _MAX_ERROR = 500
 _BIND_LIKE = re.compile(r"(?<![:\w\\]):(\w+)(?![:\w])", re.UNICODE)
 
 
-def expectations(gxe, checks: list, indexes: list[int], relation: tuple | None, *, batch: bool) -> list:
-    """The expectations of one table's checks (`indexes` into `checks`; the table is `relation`,
-    (schema or None, name), None when it does not exist): ONE batch expectation per BATCH_SIZE
-    checks when `batch` and there are two or more, else one expectation per check."""
-    queries = [(i, check_query(checks[i], relation)) for i in indexes]
+def expectations(gxe, checks: list, indexes: list[int], relations: dict, *, batch: bool) -> list:
+    """The expectations of the checks `indexes` (into `checks`; `relations`: {check table:
+    (schema or None, name)} of the tables that exist). With `batch`, one expectation per
+    BATCH_SIZE checks, taken table by table; else one per check."""
+    ordered = sorted(indexes, key=lambda i: (checks[i].table, i))
+    queries = [(i, check_query(checks[i], relations.get(checks[i].table))) for i in ordered]
     if not batch or len(queries) < 2:
         return [single(gxe, i, checks[i], q) for i, q in queries]
     out = []
     for start in range(0, len(queries), BATCH_SIZE):
         part = queries[start:start + BATCH_SIZE]
-        names = ", ".join(checks[i].name for i, _ in part)
+        tables = list(dict.fromkeys(checks[i].table for i, _ in part))
+        names = ", ".join(f"{checks[i].table} {checks[i].name}" for i, _ in part)
         out.append(rows_expectation(gxe)(
             unexpected_rows_query=gx_query(batch_query(part)),
-            description=f"{len(part)} checks, each without unexpected rows: {names}"[:1000],
-            meta={BATCH_KEY: [i for i, _ in part], "table": checks[part[0][0]].table}))
+            description=f"{len(part)} checks on {len(tables)} tables, each without unexpected rows: {names}"[:2000],
+            meta={BATCH_KEY: [i for i, _ in part], "tables": tables}))
     return out
 
 
