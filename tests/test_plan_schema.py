@@ -110,3 +110,19 @@ def test_the_readme_documents_exactly_the_schemas_keys():
     assert not undocumented, f"keys of plan.schema.json the README's 'The plan format' never names: {undocumented}"
     unknown = sorted(_documented_keys(section) - known)
     assert not unknown, f"keys the README documents that plan.schema.json does not know: {unknown}"
+
+
+def test_a_plan_that_conformed_once_is_remembered_and_a_changed_one_is_validated_again():
+    """problem() skips a plan it has seen conform in this process; any change - a value's
+    type, a key's order around a wrong value - is validated again and refused."""
+    raw = yaml.safe_load(config.DEFAULT_PLAN.read_text(encoding="utf-8"))
+    actions = schema_actions()
+    assert schema.problem(raw, actions) is None
+    assert schema.problem(raw, actions) is None  # remembered
+    changed = json.loads(json.dumps(raw))
+    changed["steps"][0]["target"] = 5
+    assert "target" in (schema.problem(changed, actions) or "")
+    as_text = json.loads(json.dumps(raw))
+    first = next(k for k, v in as_text["legacy_schemas"].items() if isinstance(v, dict) and "drop_schema" in v)
+    as_text["legacy_schemas"][first]["drop_schema"] = str(as_text["legacy_schemas"][first]["drop_schema"]).lower()
+    assert "drop_schema" in (schema.problem(as_text, actions) or "")

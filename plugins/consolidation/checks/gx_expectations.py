@@ -31,6 +31,7 @@ BATCH_SIZE = 50  # rows checks per batch expectation: its result rows stay under
 META_KEY = "consolidation_check"
 BATCH_KEY = "consolidation_checks"
 _MAX_ERROR = 500
+_CTE = "consolidation_gate_check_"
 _BIND_LIKE = re.compile(r"(?<![:\w\\]):(\w+)(?![:\w])", re.UNICODE)
 
 
@@ -92,11 +93,12 @@ def batch_query(items: list[tuple[int, str]]) -> str:
     count and its sample; the newline before each `)` ends a trailing `--` comment. The queries
     are the engine's own (identifiers composed with psycopg.sql) or a smoke file proven to be
     one SELECT that parses as a subquery (core.columns.check.select_problem)."""
-    ctes = ",\n".join(f"c{i} AS MATERIALIZED (\n{_body(q)}\n)" for i, q in items)
+    # a CTE's name hides a table of that name from the queries: one nobody would give a table
+    ctes = ",\n".join(f"{_CTE}{i} AS MATERIALIZED (\n{_body(q)}\n)" for i, q in items)
     rows = "\nUNION ALL\n".join(
-        f"SELECT {i} AS check_index, (SELECT count(*) FROM c{i}) AS unexpected, "
-        f"(SELECT json_agg(s.r) FROM (SELECT to_json(c{i}) AS r FROM c{i} LIMIT {SAMPLE_SIZE}) AS s) AS sample"
-        for i, _ in items)
+        f"SELECT {i} AS check_index, (SELECT count(*) FROM {_CTE}{i}) AS unexpected, "
+        f"(SELECT json_agg(s.r) FROM (SELECT to_json({_CTE}{i}) AS r FROM {_CTE}{i} LIMIT {SAMPLE_SIZE}) AS s) "
+        "AS sample" for i, _ in items)
     return f"WITH {ctes}\nSELECT * FROM (\n{rows}\n) AS checks WHERE unexpected > 0"
 
 

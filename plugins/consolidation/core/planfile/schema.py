@@ -19,6 +19,7 @@ editors do) and the fix. Which action accepts a key, and rules across steps, are
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 from typing import Any
 
@@ -229,11 +230,21 @@ def _validator(actions: dict):
     return _VALIDATORS[key]
 
 
+_CONFORMING: set[str] = set()  # digests of (plan, actions) that conformed, in this process
+
+
 def problem(raw: Any, actions: dict) -> str | None:
     """The plan's first violation of the schema in file order, as one line (None: it conforms);
-    `actions` as for build_schema."""
+    `actions` as for build_schema. A plan that conformed is not validated again in this process
+    (validating the demo plan takes ~30 ms, and DAG runs in one process read it once per task):
+    the digest is of its JSON text in file order, types kept (1, 1.0, true and "1" differ)."""
+    digest = hashlib.sha256(json.dumps([raw, sorted((n, sorted(k), list(r)) for n, (k, r) in actions.items())],
+                                       default=repr).encode()).hexdigest()
+    if digest in _CONFORMING:
+        return None
     errors = list(_validator(actions).iter_errors(raw))
     if not errors:
+        _CONFORMING.add(digest)
         return None
     first = min(errors, key=lambda e: (_position(raw, list(e.absolute_path)), -len(e.absolute_path),
                                        _RANK.get(e.validator, 9)))
