@@ -175,16 +175,8 @@ def _run_4d(run_dag, core_api, dsn, tmp_path, forge=False):
     return state, r
 
 
-def test_4d_waits_in_required_actions_and_only_the_assigned_approver_decides(run_dag, core_api, db_4c, tmp_path):
-    state, r = _run_4d(run_dag, core_api, db_4c, tmp_path)
-    assert "HTTP 403" in str(r.operator.failure) and "not a respondent" in str(r.operator.failure)
-    assert r.cli.returncode == 0, r.cli.stderr
-    assert state == "success"
-    with psycopg.connect(db_4c) as conn:
-        row = conn.execute("SELECT status, decided_by, decided_via, reason FROM operational.consolidation_approvals "
-                           "ORDER BY id DESC LIMIT 1").fetchone()
-    assert row == ("approved", "approver", "airflow", REASON)
-    assert snapshot(db_4c, [s for s in PLAN.legacy_schemas if s != "public"]) == {}
+# The whole 4D run that waits in Required Actions, refuses the operator and is approved by the
+# assigned approver is test_phase4d's `cleaned` run (test_full_cleanup_drops_only_after_approval_and_backup).
 
 
 def test_a_forged_row_does_not_lead_to_a_drop(run_dag, core_api, db_4c, tmp_path):

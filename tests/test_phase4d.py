@@ -27,6 +27,7 @@ from consolidation.phases import backup, cleanup
 
 from conftest import REPO_ROOT, read_only, state_folder
 from hitl_helpers import respond
+from test_hitl_approval import REASON
 from phase_helpers import EVERYTHING, PLAN, call_task, record_gate, snapshot, table_md5
 
 DAG = "phase4d_legacy_cleanup"
@@ -67,7 +68,7 @@ def cleaned(template_4c, make_session_db, clone_pool, run_dag, core_api, tmp_pat
     targets_before = snapshot(dsn, PLAN.consolidated_schemas)
     out = tmp_path_factory.mktemp("4d")
     conf = FAST | {"backup_dir": str(out / "backup"), "report_dir": str(out / "report")}
-    from test_hitl_approval import Responder  # approves through Airflow's HITL endpoint, as the approver
+    from test_hitl_approval import Responder  # the operator is refused, then the approver approves (HITL endpoint)
 
     with state_folder(out / "state"), Responder(*core_api, dsn) as decider:  # its own state folder (GX results)
         state = run_dag(DAG, dsn, conf)
@@ -81,7 +82,7 @@ def cleaned(template_4c, make_session_db, clone_pool, run_dag, core_api, tmp_pat
 
     clone_pool.register(dbname_of(dsn))  # it no longer changes: tests get copies
     return {"dsn": dsn, "state": state, "before": before, "targets_before": targets_before, "out": out,
-            "run_id": run_id}
+            "run_id": run_id, "operator_response": decider.operator}
 
 
 def test_full_cleanup_drops_only_after_approval_and_backup(cleaned):
@@ -93,9 +94,14 @@ def test_full_cleanup_drops_only_after_approval_and_backup(cleaned):
             assert (s in schemas) == (not legacy.drop_schema), s
         # public is kept (plan default) and empty
         assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace").fetchone()[0] == 0
-        # the approval: requested, approved in Airflow by 'approver', verified, before the first backup
+        # the approval: requested, waiting in Airflow's Required Actions, where the operator who
+        # triggered the run is no respondent (the API refuses them); approved there by 'approver'
+        # with a reason, verified, before the first backup
+        operator = cleaned["operator_response"]
+        assert "HTTP 403" in str(operator.failure) and "not a respondent" in str(operator.failure)
         req = request_rows(dsn)[-1]
-        assert (req["status"], req["decided_by"], req["decided_via"]) == ("approved", "approver", "airflow")
+        assert (req["status"], req["decided_by"], req["decided_via"], req["reason"]) == (
+            "approved", "approver", "airflow", REASON)
         events = ledger.rows(conn, PLAN, "run_id = %s", (cleaned["run_id"],))
         order = [(r["kind"], r["name"]) for r in events]
         verified = order.index(("approval", "approval_verified"))  # the waiting task re-checked the data's fingerprint
