@@ -31,9 +31,15 @@ TARGETS = sorted({s.target for s in PLAN.migrating_steps()})
 def test_4a_then_4b_dags_migrate_exactly_what_the_engine_does(legacy_db, template_4b, run_dag):
     """phase4a_schema_extension then phase4b_data_migration on a copy of the fixture: both succeed,
     every step and both gates are in the ledger under the DAG runs, and every target holds exactly
-    the rows of the 4B stage built through the engine (which the tests below examine)."""
+    the rows of the 4B stage built through the engine (which the tests below examine). 4B is
+    parsed after 4A, as the DAG processor does: by the step graph 4A wrote, independent steps
+    side by side (its shape: test_parallel_4b)."""
+    from test_parallel_4b import DAG_ID as B, _parse_4b
+
     assert run_dag("phase4a_schema_extension", legacy_db) == "success"
-    assert run_dag("phase4b_data_migration", legacy_db) == "success"
+    dag = _parse_4b()[B]
+    assert "runs its steps by the step graph" in dag.doc_md and dag.max_active_tasks == 2
+    assert run_dag(B, legacy_db, dags={B: dag}) == "success"
     assert snapshot(legacy_db, PLAN.consolidated_schemas) == snapshot(read_only(template_4b.dsn), PLAN.consolidated_schemas)
     with psycopg.connect(legacy_db) as conn:
         rows = ledger.rows(conn, PLAN, "phase = '4B' AND kind = 'step'")
