@@ -11,10 +11,11 @@ directly, as ONE `gx.Checkpoint`:
 * its expectations are UnexpectedRowsExpectations (a subclass that runs its query once), each
   over a statement that runs up to 50 checks' queries, table by table, and returns a count and
   a sample per failing check (gx_expectations.batch_query): GX's overhead per expectation
-  (20-40 ms) and per validation was most of a gate's time. When a statement raises, its
-  checks run again in a second checkpoint (`<run>_each`), one expectation each, so each error
-  is named on its own check. Column checks on a missing table are not sent to GX: they fail
-  with error "table missing";
+  (20-40 ms) and per validation was most of a gate's time. When a statement raises, another
+  checkpoint (`<run>_retry1`, ...) runs each of its queries the planner refuses alone and the
+  rest as a batch (a run-time error: its halves), until each error is on its own check
+  (`_split`). Column checks on a missing table are not sent to GX: they fail with error
+  "table missing";
 * each expectation carries its check index (a batch: the list of them) in its `meta`, which
   maps every GX result back to its Check(s); a check GX did not report, or whose expectation
   raised inside GX, FAILS - an error never counts as a pass. A gate with no checks is refused
@@ -218,13 +219,16 @@ def run_gate(dsn: str, gate: str, checks: list[Check], *,
     outcome = {i: CheckResult(c, False, None, [], TABLE_MISSING) for i, c in enumerate(checks)
                if c.table not in existing and c.kind != "rows"}
     pending = [i for i in range(len(checks)) if i not in outcome]
-    done, run_error, again = _run_checkpoint(dsn, gate, run_name, checks, pending, existing,
-                                             out_dir, batch=True) if pending else ({}, None, [])
-    if again:  # a batch raised: its checks one expectation each, so each names its own error
-        more, again_error, _ = _run_checkpoint(dsn, gate, f"{run_name}_each", checks, again,
-                                               existing, out_dir, batch=False)
-        done.update(more)
-        run_error = run_error or again_error
+    groups = expectations.batches(checks, pending)
+    done: dict[int, CheckResult] = {}
+    run_error, round_ = None, 0
+    while groups:
+        name = run_name if round_ == 0 else f"{run_name}_retry{round_}"
+        found, error, raised = _run_checkpoint(dsn, gate, name, checks, groups, existing, out_dir)
+        done.update(found)
+        run_error = run_error or error
+        groups = [part for g in raised for part in _split(dsn, checks, existing, g)]
+        round_ += 1
     for i in pending:
         outcome[i] = done.get(i) or CheckResult(
             checks[i], False, None, [], run_error or "no result from Great Expectations")
@@ -237,6 +241,28 @@ def run_gate(dsn: str, gate: str, checks: list[Check], *,
     result.results_path = _write_gate_json(out_dir, run_name, result)
     log.info("%s", result.summary())
     return result
+
+
+def _split(dsn: str, checks: list[Check], existing: dict, group: list[int]) -> list[list[int]]:
+    """A batch whose statement raised, as the groups to run next: each query the planner refuses
+    (EXPLAIN: a missing relation or column, a type error - what a plan gets wrong) alone, the
+    rest as one batch; when the planner refuses none (an error at run time), the two halves.
+    So each error ends up on its own check in a round or a few, and each other check's query
+    is run again only with the batch it is in."""
+    from consolidation.core import db
+
+    refused = []
+    with db.connect(dsn, autocommit=True) as conn:
+        for i in group:
+            body = expectations.check_query(checks[i], existing.get(checks[i].table)).strip().rstrip(";")
+            try:
+                conn.execute("EXPLAIN " + body)  # plans, never runs: the engine's own query text
+            except Exception:
+                refused.append(i)
+    rest = [i for i in group if i not in refused]
+    if refused:
+        return [[i] for i in refused] + ([rest] if rest else [])
+    return [part for part in (group[:len(group) // 2], group[len(group) // 2:]) if part]
 
 
 def build_docs(results_dir: Path | None = None) -> Path:
@@ -259,15 +285,15 @@ def build_docs(results_dir: Path | None = None) -> Path:
 # ---------------------------------------------------------------- GX plumbing
 
 
-def _run_checkpoint(dsn, gate, run_name, checks, indexes, existing, out_dir, *, batch):
-    """Run the checks `indexes` as one checkpoint of one validation (with `batch`, up to
-    BATCH_SIZE checks per expectation): ({check index: CheckResult}, the error that stopped GX
-    or None, the indexes of batches that raised, to run again one expectation each)."""
+def _run_checkpoint(dsn, gate, run_name, checks, groups, existing, out_dir):
+    """Run the checks as one checkpoint of one validation, one expectation per group of check
+    indexes: ({check index: CheckResult}, the error that stopped GX or None, the groups whose
+    statement raised)."""
     gx = _import_gx()
     import great_expectations.expectations as gxe
 
     results: dict[int, CheckResult] = {}
-    again: list[int] = []
+    raised: list[list[int]] = []
     datasource = None
     try:
         with _quiet():
@@ -276,7 +302,7 @@ def _run_checkpoint(dsn, gate, run_name, checks, indexes, existing, out_dir, *, 
             # Docs group its runs); results of different runs never clash: their store key
             # contains the unique run name.
             label = f"gate_{_safe(gate)}"
-            suite_expectations = expectations.expectations(gxe, checks, indexes, existing, batch=batch)
+            suite_expectations = expectations.expectations(gxe, checks, groups, existing)
             asset = {"type": "query", "name": label, "query": "SELECT 1", "batch_definitions": [{"name": "gate"}]}
             context = _context(gx, out_dir, url=sqlalchemy_url(dsn), assets=[asset])
             datasource = context.data_sources.get(DATASOURCE)
@@ -293,8 +319,9 @@ def _run_checkpoint(dsn, gate, run_name, checks, indexes, existing, out_dir, *, 
             for r in suite_result.results:
                 found, failed_batch = expectations.to_check_results(checks, r, CheckResult)
                 results.update(found)
-                again += failed_batch
-        return results, None, again
+                if failed_batch:
+                    raised.append(failed_batch)
+        return results, None, raised
     except Exception as exc:  # every check not yet reported fails with this text
         log.warning("gate run %s: Great Expectations raised: %s", run_name, exc, exc_info=True)
         return results, expectations.clean_error(

@@ -5,13 +5,13 @@ for a column check, SQL over its table with the semantics of GX's column expecta
 BATCH_SIZE checks, taken table by table, go to GX as ONE UnexpectedRowsExpectation
 (`batch_query`): GX spends 20-40 ms on each expectation (validation graph, configuration
 copies) and more on each validation, besides the query itself, which was most of a gate's
-time. The batch is a single statement: each check's query is a
-MATERIALIZED CTE, read twice, once for its count and once for a sample of SAMPLE_SIZE rows as
-JSON, one output row per check that found unexpected rows (a batch returns at most
-BATCH_SIZE rows, under GX's fetch cap of 200). Every check keeps its own count, sample and
-verdict. When the batch raises (one query fails: a column a plan names wrongly, a missing
-table), the gate runs that batch's checks again one expectation each, so each error is named
-on its own check.
+time. The batch is a single statement: each check's query is counted, and only when it found
+rows run again for a sample of SAMPLE_SIZE rows as JSON; one output row per check that found
+unexpected rows (a batch returns at most BATCH_SIZE rows, under GX's fetch cap of 200). Every
+check keeps its own count, sample and verdict. When the batch raises (one query fails: a
+column a plan names wrongly, a missing table), the gate runs again, in another checkpoint,
+each query the planner refuses alone and the rest as a batch (checks.gx._split), until each
+error is named on its own check.
 
 Each expectation carries its check index (or, for a batch, the list of indexes) in `meta`;
 `to_check_results` maps a GX result back to its Check(s). An error never counts as a pass.
@@ -31,21 +31,26 @@ BATCH_SIZE = 50  # rows checks per batch expectation: its result rows stay under
 META_KEY = "consolidation_check"
 BATCH_KEY = "consolidation_checks"
 _MAX_ERROR = 500
-_CTE = "consolidation_gate_check_"
+_ALIAS = "consolidation_gate_check_"
 _BIND_LIKE = re.compile(r"(?<![:\w\\]):(\w+)(?![:\w])", re.UNICODE)
 
 
-def expectations(gxe, checks: list, indexes: list[int], relations: dict, *, batch: bool) -> list:
-    """The expectations of the checks `indexes` (into `checks`; `relations`: {check table:
-    (schema or None, name)} of the tables that exist). With `batch`, one expectation per
-    BATCH_SIZE checks, taken table by table; else one per check."""
+def batches(checks: list, indexes: list[int]) -> list[list[int]]:
+    """The check indexes in groups of at most BATCH_SIZE, taken table by table."""
     ordered = sorted(indexes, key=lambda i: (checks[i].table, i))
-    queries = [(i, check_query(checks[i], relations.get(checks[i].table))) for i in ordered]
-    if not batch or len(queries) < 2:
-        return [single(gxe, i, checks[i], q) for i, q in queries]
+    return [ordered[start:start + BATCH_SIZE] for start in range(0, len(ordered), BATCH_SIZE)]
+
+
+def expectations(gxe, checks: list, groups: list[list[int]], relations: dict) -> list:
+    """One expectation per group of check indexes (into `checks`): a group of one is that check
+    alone, a larger one a batch. `relations`: {check table: (schema or None, name)} of the
+    tables that exist."""
     out = []
-    for start in range(0, len(queries), BATCH_SIZE):
-        part = queries[start:start + BATCH_SIZE]
+    for group in groups:
+        part = [(i, check_query(checks[i], relations.get(checks[i].table))) for i in group]
+        if len(part) == 1:
+            out.append(single(gxe, part[0][0], checks[part[0][0]], part[0][1]))
+            continue
         tables = list(dict.fromkeys(checks[i].table for i, _ in part))
         names = ", ".join(f"{checks[i].table} {checks[i].name}" for i, _ in part)
         out.append(rows_expectation(gxe)(
@@ -89,17 +94,19 @@ def check_query(check, relation: tuple | None) -> str:
 
 def batch_query(items: list[tuple[int, str]]) -> str:
     """One statement running every (index, query): a row (check_index, unexpected, sample) per
-    check with unexpected rows. Each query is a MATERIALIZED CTE, so it runs once for both its
-    count and its sample; the newline before each `)` ends a trailing `--` comment. The queries
-    are the engine's own (identifiers composed with psycopg.sql) or a smoke file proven to be
-    one SELECT that parses as a subquery (core.columns.check.select_problem)."""
-    # a CTE's name hides a table of that name from the queries: one nobody would give a table
-    ctes = ",\n".join(f"{_CTE}{i} AS MATERIALIZED (\n{_body(q)}\n)" for i, q in items)
+    check with unexpected rows. Each query runs as `count(*)` (PostgreSQL computes no output
+    column for it), and only when that is not 0 once more for a sample (LIMIT, so it stops
+    early): an uncorrelated subquery in a CASE branch is an InitPlan, run only when the branch
+    is taken. A passing check costs its one scan; a check failing on millions of rows is not
+    materialized anywhere. The newline before each `)` ends a trailing `--` comment. The
+    queries are the engine's own (identifiers composed with psycopg.sql) or a smoke file
+    proven to be one SELECT that parses as a subquery (core.columns.check.select_problem)."""
     rows = "\nUNION ALL\n".join(
-        f"SELECT {i} AS check_index, (SELECT count(*) FROM {_CTE}{i}) AS unexpected, "
-        f"(SELECT json_agg(s.r) FROM (SELECT to_json({_CTE}{i}) AS r FROM {_CTE}{i} LIMIT {SAMPLE_SIZE}) AS s) "
-        "AS sample" for i, _ in items)
-    return f"WITH {ctes}\nSELECT * FROM (\n{rows}\n) AS checks WHERE unexpected > 0"
+        f"SELECT {i} AS check_index, n AS unexpected, CASE WHEN n > 0 THEN (SELECT json_agg(s.r) FROM "
+        f"(SELECT to_json(q) AS r FROM (\n{_body(query)}\n) AS q LIMIT {SAMPLE_SIZE}) AS s) END AS sample "
+        f"FROM (SELECT count(*) AS n FROM (\n{_body(query)}\n) AS q) AS {_ALIAS}{i}"
+        for i, query in items)
+    return f"SELECT * FROM (\n{rows}\n) AS checks WHERE unexpected > 0"
 
 
 def _body(query: str) -> str:
