@@ -28,10 +28,10 @@ from consolidation.phases.approvals import ApprovalRefused
 from consolidation.phases.hitl import response
 
 from conftest import REPO_ROOT
+from hitl_helpers import REASON
 from phase_helpers import PLAN, snapshot
 
 DAG = "phase4d_legacy_cleanup"
-REASON = "reviewed the 4B and 4C gates and the DROP list"
 
 
 def _open(dsn):

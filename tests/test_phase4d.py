@@ -26,8 +26,7 @@ from consolidation.core import ledger
 from consolidation.phases import backup, cleanup
 
 from conftest import REPO_ROOT, read_only, state_folder
-from hitl_helpers import respond
-from test_hitl_approval import REASON
+from hitl_helpers import REASON, respond
 from phase_helpers import EVERYTHING, PLAN, call_task, record_gate, snapshot, table_md5
 
 DAG = "phase4d_legacy_cleanup"

@@ -254,7 +254,7 @@ def _split(dsn: str, checks: list[Check], existing: dict, group: list[int]) -> l
     refused = []
     with db.connect(dsn, autocommit=True) as conn:
         for i in group:
-            body = expectations.check_query(checks[i], existing.get(checks[i].table)).strip().rstrip(";")
+            body = expectations.statement_body(expectations.check_query(checks[i], existing.get(checks[i].table)))
             try:
                 conn.execute("EXPLAIN " + body)  # plans, never runs: the engine's own query text
             except Exception:

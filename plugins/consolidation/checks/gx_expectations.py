@@ -103,7 +103,7 @@ def batch_query(items: list[tuple[int, str]]) -> str:
     smoke file proven to be one SELECT that parses as a subquery
     (core.columns.check.select_problem)."""
     # a CTE's name hides a table of that name from the queries: one nobody would give a table
-    ctes = ",\n".join(f"{_ALIAS}{i} AS MATERIALIZED (\n{_body(q)}\n)" for i, q in items)
+    ctes = ",\n".join(f"{_ALIAS}{i} AS MATERIALIZED (\n{statement_body(q)}\n)" for i, q in items)
     rows = "\nUNION ALL\n".join(
         f"SELECT {i} AS check_index, (SELECT count(*) FROM {_ALIAS}{i}) AS unexpected, "
         f"(SELECT json_agg(s.r) FROM (SELECT to_json({_ALIAS}{i}) AS r FROM {_ALIAS}{i} LIMIT {SAMPLE_SIZE}) AS s) "
@@ -111,7 +111,8 @@ def batch_query(items: list[tuple[int, str]]) -> str:
     return f"WITH {ctes}\nSELECT * FROM (\n{rows}\n) AS checks WHERE unexpected > 0"
 
 
-def _body(query: str) -> str:
+def statement_body(query: str) -> str:
+    """The query without surrounding space and one trailing `;` (to nest it, or EXPLAIN it)."""
     body = query.strip()
     return body[:-1] if body.endswith(";") else body
 
