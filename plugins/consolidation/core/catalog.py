@@ -17,9 +17,11 @@ compare checksums across sessions pin them (phases.backup.pin_output).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
+import psycopg
 from psycopg import sql
 
 KINDS = {"r": "table", "p": "table", "v": "view", "m": "matview", "S": "sequence", "f": "foreign table"}
@@ -114,6 +116,51 @@ class Catalog:
 def introspect(conn, schemas: Iterable[str], *, count_rows: bool = True) -> Catalog:
     """Catalog of the given schemas (missing schemas are simply empty)."""
     schemas = list(dict.fromkeys(schemas))
+    cat = read_catalog(conn, lambda: _structure(conn, schemas))
+    if count_rows:
+        for rel in cat.relations.values():
+            if rel.kind in ("table", "view", "matview"):
+                rel.rows = count_rows_of(conn, rel.schema, rel.name)
+    return cat
+
+
+# pg_get_indexdef(), pg_get_constraintdef() and their kin look objects up in the catalog as
+# it is now, not as the statement's snapshot saw it: when a concurrent step drops an index or
+# foreign key and re-creates it (phases.load.bulk defers them) and commits mid-statement, they
+# return NULL or raise "cache lookup failed". A new statement sees the new objects, so
+# reading again converges.
+READ_ATTEMPTS = 50
+
+
+class _ChangedUnderfoot(Exception):
+    """A definition function found no object where the statement's snapshot had one."""
+
+
+def read_catalog(conn, read):
+    """read() (catalog queries on conn) in a savepoint, again while concurrent DDL makes the
+    definition functions miss an object the statement's snapshot still saw."""
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            with conn.transaction():
+                return read()
+        except (psycopg.errors.InternalError_, _ChangedUnderfoot) as exc:
+            if isinstance(exc, psycopg.errors.InternalError_) and "cache lookup failed" not in str(exc):
+                raise
+            if attempt == READ_ATTEMPTS:
+                raise psycopg.errors.ObjectInUse(
+                    f"the catalog kept changing while it was read ({attempt} attempts; last: {str(exc) or 'a definition vanished'}); "
+                    "run again when the concurrent DDL is done") from None
+            time.sleep(min(0.002 * attempt, 0.05))
+    raise AssertionError("unreachable")
+
+
+def _defined(text: str | None) -> str:
+    if text is None:
+        raise _ChangedUnderfoot()
+    return text
+
+
+def _structure(conn, schemas: list[str]) -> Catalog:
     cat = Catalog(schemas=schemas)
     cur = conn.cursor()
     cur.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (schemas,))
@@ -180,7 +227,7 @@ def introspect(conn, schemas: Iterable[str], *, count_rows: bool = True) -> Cata
         (schemas, schemas),
     )
     for dep, ref, name, definition in cur.fetchall():
-        cat.dependencies.append(Dependency("foreign_key", dep, ref, f"{name}: {definition}"))
+        cat.dependencies.append(Dependency("foreign_key", dep, ref, f"{name}: {_defined(definition)}"))
 
     # Views (and matviews) and the relations they read.
     cur.execute(
@@ -268,11 +315,6 @@ def introspect(conn, schemas: Iterable[str], *, count_rows: bool = True) -> Cata
     )
     for rel, grantee, privs in cur.fetchall():
         cat.grants.setdefault(rel, []).append(f"{grantee}:{privs}")
-
-    if count_rows:
-        for rel in cat.relations.values():
-            if rel.kind in ("table", "view", "matview"):
-                rel.rows = count_rows_of(conn, rel.schema, rel.name)
     return cat
 
 
@@ -311,6 +353,10 @@ def table_details(conn, schema: str, table: str) -> tuple[list[Constraint], list
 def _details(conn, where: str, params: dict) -> dict[tuple[str, str], tuple[list[Constraint], list[Index]]]:
     """{(schema, relation): (constraints, indexes)} of the relations `where` (a fixed condition
     on n and c, with `params`) selects; constraints by type and name, indexes by name."""
+    return read_catalog(conn, lambda: _read_details(conn, where, params))
+
+
+def _read_details(conn, where: str, params: dict) -> dict[tuple[str, str], tuple[list[Constraint], list[Index]]]:
     found: dict[tuple[str, str], tuple[list[Constraint], list[Index]]] = {}
     cur = conn.execute(
         """
@@ -331,7 +377,7 @@ def _details(conn, where: str, params: dict) -> dict[tuple[str, str], tuple[list
     )
     for schema, rel, name, typ, cols, definition, rs, rt, rcols in cur.fetchall():
         found.setdefault((schema, rel), ([], []))[0].append(
-            Constraint(name, typ, list(cols), definition, rs, rt, list(rcols or [])))
+            Constraint(name, typ, list(cols), _defined(definition), rs, rt, list(rcols or [])))
     cur = conn.execute(
         """
         SELECT n.nspname, c.relname, i.relname, ix.indisunique, am.amname, pg_get_indexdef(ix.indexrelid),
@@ -352,7 +398,7 @@ def _details(conn, where: str, params: dict) -> dict[tuple[str, str], tuple[list
     )
     for schema, rel, name, uniq, method, definition, pred, cols in cur.fetchall():
         found.setdefault((schema, rel), ([], []))[1].append(
-            Index(name, list(cols or []), uniq, method, definition, pred))
+            Index(name, list(cols or []), uniq, method, _defined(definition), pred))
     return found
 
 
