@@ -52,6 +52,7 @@ Environment, set here at import time (before anything imports Airflow):
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -208,19 +209,14 @@ def server_dsn() -> str:
 @pytest.fixture(scope="session")
 def maintenance_dsn(server_dsn) -> str:
     """The server's `postgres` database, for CREATE/DROP DATABASE."""
-    global _FILE_COPY
-    dsn = with_dbname(server_dsn, "postgres")
-    _FILE_COPY = _file_copy(dsn)
-    return dsn
+    return with_dbname(server_dsn, "postgres")
 
 
 def _create_database(maintenance_dsn: str, template: str | None, *, background: bool = False) -> str:
     import psycopg
-    from psycopg import sql
 
     name = f"ctest_{uuid.uuid4().hex[:16]}"
-    statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(
-        sql.Identifier(name), sql.Identifier(template or "template0"), _FILE_COPY or sql.SQL(""))
+    statement = _create_statement(maintenance_dsn, name, template)
     with psycopg.connect(maintenance_dsn, autocommit=True, connect_timeout=5) as conn:
         # a template must have no session. Someone reading it (ro_4b, in this worker or another
         # one: the stages are shared) is left alone for a while; then the sessions left over
@@ -240,6 +236,7 @@ def _create_database(maintenance_dsn: str, template: str | None, *, background: 
     return name
 
 
+@functools.lru_cache(maxsize=None)
 def _file_copy(maintenance_dsn: str):
     """` STRATEGY FILE_COPY` where the server has it (PostgreSQL 15+). Its default, WAL_LOG, writes
     every page of the copy to the WAL through shared buffers, then the checkpointer writes
@@ -252,7 +249,12 @@ def _file_copy(maintenance_dsn: str):
         return sql.SQL(" STRATEGY FILE_COPY") if conn.info.server_version >= 150000 else sql.SQL("")
 
 
-_FILE_COPY = None  # set by the maintenance_dsn fixture
+def _create_statement(maintenance_dsn: str, name: str, template: str | None):
+    """CREATE DATABASE name as a copy of `template` (template0 when None)."""
+    from psycopg import sql
+
+    return sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(
+        sql.Identifier(name), sql.Identifier(template or "template0"), _file_copy(maintenance_dsn))
 
 
 def _drop_databases(maintenance_dsn: str, names) -> None:
@@ -436,8 +438,7 @@ def _stage(maintenance_dsn, clone_pool, template: str | None, label: str, build)
             started = time.perf_counter()
             with psycopg.connect(maintenance_dsn, autocommit=True, connect_timeout=5) as conn:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(
-                    sql.Identifier(name), sql.Identifier(template or "template0"), _FILE_COPY or sql.SQL("")))
+                conn.execute(_create_statement(maintenance_dsn, name, template))
             dsn = with_dbname(maintenance_dsn, name)
             shutil.rmtree(folder, ignore_errors=True)
             with state_folder(folder):

@@ -231,3 +231,17 @@ def leased(dsn: str, dag_id: str, run_id: str = "manual__test", user: str | None
         yield
     finally:
         call_task(tasks.release_lease, dsn, dag_id=dag_id, run_id=run_id, user=user)
+
+
+DAG_4B = "phase4b_data_migration"
+
+
+def parse_4b() -> dict:
+    """dags/phase4b_data_migration.py parsed now, as the DAG processor does (its shape follows
+    the step graph 4A wrote, if any): {dag_id: DAG}."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(str(Path(__file__).resolve().parent.parent / "dags" / f"{DAG_4B}.py"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags
+

@@ -27,19 +27,7 @@ from consolidation.core.runs import step_graph
 from consolidation.core.session import load_specs
 from consolidation.phases import migrate
 
-from conftest import REPO_ROOT
-from phase_helpers import PLAN, USER, q, steps_4b, table_md5
-
-DAG_FILE = REPO_ROOT / "dags" / "phase4b_data_migration.py"
-DAG_ID = "phase4b_data_migration"
-
-
-def _parse_4b():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(str(DAG_FILE))
-    assert not bag.import_errors, bag.import_errors
-    return bag.dags
+from phase_helpers import DAG_4B as DAG_ID, PLAN, USER, parse_4b, q, steps_4b, table_md5
 
 
 def _task(dag, step: str):
@@ -109,7 +97,7 @@ def test_step_graph_from_the_catalog(ro_4b, template_4a, cli, state_dir):
 
 # ------------------------------------------------------------------ the DAG, parsed with and without it
 def test_4b_dag_without_a_graph_is_the_chain_in_plan_order(state_dir):
-    dag = _parse_4b()[DAG_ID]
+    dag = parse_4b()[DAG_ID]
     order = steps_4b()
     assert sorted(_task(dag, order[0]).upstream_task_ids) == ["require_4A_gate"]
     for before, step in zip(order, order[1:]):
@@ -120,7 +108,7 @@ def test_4b_dag_without_a_graph_is_the_chain_in_plan_order(state_dir):
 
 def test_4b_dag_parsed_with_the_graph_waits_only_for_upstream_steps(db_4a, cli):
     assert cli("plan", "--graph", dsn=db_4a).returncode == 0
-    dag = _parse_4b()[DAG_ID]
+    dag = parse_4b()[DAG_ID]
     assert dag.max_active_tasks == 2  # CONSOLIDATION_4B_PARALLEL's default
     assert "runs its steps by the step graph" in dag.doc_md and "at most 2 tasks at a time" in dag.doc_md
     # still one TaskGroup per legacy schema

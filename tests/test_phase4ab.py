@@ -34,10 +34,10 @@ def test_4a_then_4b_dags_migrate_exactly_what_the_engine_does(legacy_db, templat
     the rows of the 4B stage built through the engine (which the tests below examine). 4B is
     parsed after 4A, as the DAG processor does: by the step graph 4A wrote, independent steps
     side by side (its shape: test_parallel_4b)."""
-    from test_parallel_4b import DAG_ID as B, _parse_4b
+    from phase_helpers import DAG_4B as B, parse_4b
 
     assert run_dag("phase4a_schema_extension", legacy_db) == "success"
-    dag = _parse_4b()[B]
+    dag = parse_4b()[B]
     assert "runs its steps by the step graph" in dag.doc_md and dag.max_active_tasks == 2
     assert run_dag(B, legacy_db, dags={B: dag}) == "success"
     assert snapshot(legacy_db, PLAN.consolidated_schemas) == snapshot(read_only(template_4b.dsn), PLAN.consolidated_schemas)

@@ -302,7 +302,7 @@ def _run_checkpoint(dsn, gate, run_name, checks, groups, existing, out_dir):
             # Docs group its runs); results of different runs never clash: their store key
             # contains the unique run name.
             label = f"gate_{_safe(gate)}"
-            suite_expectations = expectations.expectations(gxe, checks, groups, existing)
+            suite_expectations = expectations.suite_expectations(gxe, checks, groups, existing)
             asset = {"type": "query", "name": label, "query": "SELECT 1", "batch_definitions": [{"name": "gate"}]}
             context = _context(gx, out_dir, url=sqlalchemy_url(dsn), assets=[asset])
             datasource = context.data_sources.get(DATASOURCE)

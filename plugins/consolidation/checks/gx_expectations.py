@@ -41,7 +41,7 @@ def batches(checks: list, indexes: list[int]) -> list[list[int]]:
     return [ordered[start:start + BATCH_SIZE] for start in range(0, len(ordered), BATCH_SIZE)]
 
 
-def expectations(gxe, checks: list, groups: list[list[int]], relations: dict) -> list:
+def suite_expectations(gxe, checks: list, groups: list[list[int]], relations: dict) -> list:
     """One expectation per group of check indexes (into `checks`): a group of one is that check
     alone, a larger one a batch. `relations`: {check table: (schema or None, name)} of the
     tables that exist."""
