@@ -128,10 +128,9 @@ TIERS = ("unit", "engine", "dag", "runtime")
 # (PostgreSQL 15) sets CONSOLIDATION_SKIP_RUNTIME=1 to keep within its time budget.
 RUNTIME_MODULES = {"test_local_airflow.py", "test_celery.py", "test_run_phase.py"}
 # the runtime tier's modules in the order its two workers take them (Makefile: loadfile,
-# --no-loadscope-reorder): worker 1 local Airflow + faults, worker 2 Celery + `consolidation run`
-# (measured alone: about 240 + 80 s against 160 + 110 s)
+# --no-loadscope-reorder): worker 1 the local Airflow with its browser test, then the faults;
+# worker 2 Celery, then `consolidation run` (CI, fresh clone: 191 + 70 s against 150 + 73 s)
 RUNTIME_ORDER = ("test_local_airflow.py", "test_celery.py", "test_faults.py", "test_run_phase.py")
-
 
 def _tier(item) -> str:
     fixtures = set(getattr(item, "fixturenames", ()))

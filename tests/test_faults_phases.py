@@ -22,7 +22,6 @@ import pytest
 from psycopg import sql
 
 from consolidation import api
-from consolidation.airflow.runtime import TaskRefused
 from consolidation.core import ledger
 from consolidation.core.runs.lease import LeaseRefused
 
@@ -127,7 +126,7 @@ def test_kill_9_during_4c_then_rerun_equals_a_clean_run(make_db, template_4b, te
     # within the stale bound the killed run still holds the lease: a re-run is refused, naming it ...
     out = cli("lease", dsn=dsn)
     assert f"lease: phase4c_service_updates run {KILLED}" in out.stdout and "connected: no" in out.stdout
-    with pytest.raises((LeaseRefused, TaskRefused),
+    with pytest.raises(LeaseRefused,
                        match=f"4C refused: the database is in use by phase4c_service_updates run {KILLED}"):
         run_4c(dsn, "manual__rerun", str(tmp_path / "rerun"))
     # ... until a person who knows its worker is gone releases it by hand

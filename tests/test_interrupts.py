@@ -15,7 +15,6 @@ import pytest
 
 from consolidation import api
 from consolidation.airflow import tasks
-from consolidation.airflow.runtime import TaskRefused
 from consolidation.core import ledger
 from consolidation.core.runs import lease as leases
 from consolidation.phases import approvals
@@ -23,8 +22,8 @@ from consolidation.phases import approvals
 from phase_helpers import EVERYTHING, PLAN, call_task, snapshot
 
 B, RB, D = "phase4b_data_migration", "phase4_rollback", "phase4d_legacy_cleanup"
-# a task body refused by the lease: LeaseRefused, or the task wrapper's one-line TaskRefused
-REFUSED = (leases.LeaseRefused, TaskRefused)
+# a task body refused by the lease (call_task raises the refusal the task wrapper's TaskRefused stands for)
+REFUSED = leases.LeaseRefused
 
 
 def lease_refused(match: str | None = None):

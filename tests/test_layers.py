@@ -100,3 +100,39 @@ def test_modules_and_folders_stay_small():
         if count > MAX_MODULES_PER_FOLDER:
             crowded.append(f"{folder.relative_to(PKG.parent)}: {count} modules")
     assert not crowded, "folders over the limit:\n" + "\n".join(crowded)
+
+
+# Engine exceptions that are not refusals themselves, and where each becomes one (or why not)
+NOT_REFUSALS = {
+    "consolidation.phases.archives.clients.NoClient": "backup.client_for raises it as BackupFailed",
+    "consolidation.core.strict_yaml.YamlRefused": "the plan loader raises it as PlanError",
+    "consolidation.airflow.notify.NotifierConfigError": "a notifier's settings, read outside any task body",
+    "consolidation.airflow.runtime.TaskRefused": "what a refusal becomes in a task (a SystemExit)",
+    "consolidation.api.approval.AirflowApiError": "Airflow's HTTP answer, turned into the CLI's message",
+    "consolidation.phases.registry.NotRegistered": "a LookupError for services calling registry.resolve; "
+                                                   "4C's smoke checks record it as the check's failure",
+}
+
+
+def test_every_engine_exception_is_a_refusal_a_plan_error_or_named_here():
+    """A task ends with a refusal's message and no traceback only for core.errors.Refusal (and
+    PlanError): an exception class of the engine that is neither would leave a user a traceback
+    for bad input, so each new one must be one of them or say here why not. dev/ and cli/ are
+    the developer's tools and the command line, which print their own errors."""
+    import importlib
+
+    from consolidation.core.errors import PlanError, Refusal
+
+    found = {}
+    for name in _modules():
+        if name.split(".")[1:2] in (["dev"], ["cli"]):
+            continue
+        module = importlib.import_module(name)
+        for attr, obj in vars(module).items():
+            if (isinstance(obj, type) and issubclass(obj, BaseException) and obj.__module__ == name
+                    and not attr.startswith("_")):
+                found[f"{name}.{attr}"] = obj
+    assert len(found) > 15, sorted(found)
+    strays = sorted(n for n, cls in found.items() if not issubclass(cls, (Refusal, PlanError)) and n not in NOT_REFUSALS)
+    assert strays == [], f"make these subclasses of core.errors.Refusal, or name them in NOT_REFUSALS: {strays}"
+    assert sorted(set(NOT_REFUSALS) - set(found)) == []

@@ -51,6 +51,7 @@ from dataclasses import replace
 import psycopg
 from psycopg import sql
 
+from consolidation.core.errors import Refusal
 from consolidation.core.catalog import row_hash_of
 from consolidation.core.ledger import tool_ident
 from consolidation.core.plan import Plan, PlanError, Step, action_of
@@ -62,7 +63,7 @@ from consolidation.core.spec import (ColumnSpec, Flow, TargetSpec, flows_for, re
 TARGET_KEYS = frozenset({"target", "columns", "add_columns", "ignore", "freshness", "drop_foreign_keys"})
 
 
-class ActionError(RuntimeError):
+class ActionError(Refusal):
     """An action cannot answer for a step (e.g. no column tells a merge source's rows apart)."""
 
 

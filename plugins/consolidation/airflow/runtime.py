@@ -20,28 +20,8 @@ from consolidation.airflow.connection import task_dsn
 from consolidation.api import Outcome
 from consolidation.api.runs import LEASED_DAGS
 from consolidation.core import db
-from consolidation.core.errors import DatabaseUnreachable
+from consolidation.core.errors import Refusal
 from consolidation.core.plan import Plan, PlanError, load_plan
-from consolidation.core.runs.lease import LeaseRefused
-from consolidation.actions.base import ActionError
-from consolidation.checks.gates import PhaseRefused
-from consolidation.checks.gx import GateFailed
-from consolidation.checks.inventory import InventoryBlocked
-from consolidation.phases.approvals import ApprovalRefused
-from consolidation.phases.backup import BackupFailed
-from consolidation.phases.cleanup import CleanupBlocked
-from consolidation.phases.extend import TargetConflict
-from consolidation.phases.migrate import StepFailed
-from consolidation.phases.nightly import NightlyFailed
-from consolidation.phases.registry import RegistryError
-from consolidation.phases.rollback import RollbackRefused
-
-# What the engine refuses with a message of its own (a blocked inventory, a failed gate, a lease
-# held by another run, ...): the task fails with that message as its last line, no traceback.
-# Anything else (a bug, a lost connection mid-statement) keeps its traceback.
-REFUSALS: tuple[type[BaseException], ...] = (
-    ActionError, ApprovalRefused, BackupFailed, CleanupBlocked, DatabaseUnreachable, GateFailed, InventoryBlocked,
-    LeaseRefused, NightlyFailed, PhaseRefused, RegistryError, RollbackRefused, StepFailed, TargetConflict)
 
 
 @dataclass
@@ -140,13 +120,13 @@ def task_body(body: Callable[..., Outcome]) -> Callable[..., Any]:
                 outcome = body(t, **kwargs)
         except PlanError as exc:  # the plan cannot be run: its one line is the task's last word
             refuse("plan rejected: " + " ".join(str(exc).splitlines()), exc)
-        except REFUSALS as exc:
+        except Refusal as exc:  # the engine's own refusal: its message, no traceback (a bug keeps its traceback)
             refuse(str(exc) or type(exc).__name__, exc)
         for line in outcome.lines:
             print(line)
         if isinstance(outcome.failure, PlanError):
             refuse("plan rejected: " + " ".join(str(outcome.failure).splitlines()), outcome.failure)
-        if isinstance(outcome.failure, REFUSALS):
+        if isinstance(outcome.failure, Refusal):
             refuse(str(outcome.failure) or type(outcome.failure).__name__, outcome.failure)
         if outcome.failure is not None:
             raise outcome.failure

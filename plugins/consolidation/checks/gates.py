@@ -10,6 +10,7 @@ from typing import Callable
 
 from psycopg import sql
 
+from consolidation.core.errors import Refusal
 from consolidation.checks.gx import Check, GateFailed, GateResult, run_gate
 from consolidation.core import ledger
 from consolidation.core.ledger import tool_ident
@@ -20,7 +21,7 @@ DAG_OF = {"4A": "phase4a_schema_extension", "4B": "phase4b_data_migration",
           "4C": "phase4c_service_updates", "4D": "phase4d_legacy_cleanup"}
 
 
-class PhaseRefused(RuntimeError):
+class PhaseRefused(Refusal):
     """A phase may not start: the gate before it has not passed."""
 
 

@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from consolidation.core.errors import Refusal
 from consolidation.checks import gx_expectations as expectations
 from consolidation.core import config
 from consolidation.core.files import atomic_write, safe_name
@@ -190,7 +191,7 @@ class GateResult:
         return self
 
 
-class GateFailed(RuntimeError):
+class GateFailed(Refusal):
     """A gate that did not pass; str() is the result's summary."""
 
     def __init__(self, result: GateResult):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from consolidation.core.errors import Refusal
 from consolidation.actions import action_for
 from consolidation.checks.legacy_objects import LegacyObject, legacy_objects
 from consolidation.core import db
@@ -75,7 +76,7 @@ class Inventory:
         }
 
 
-class InventoryBlocked(RuntimeError):
+class InventoryBlocked(Refusal):
     """Raised by phases when the inventory has blocking findings."""
 
     def __init__(self, inventory: Inventory):

@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 
-class DatabaseUnreachable(RuntimeError):
+class Refusal(RuntimeError):
+    """What the engine refuses with a message of its own (a blocked inventory, a failed gate, a
+    lease held by another run, ...): the message is the user's answer, so an Airflow task ends
+    with it as its last line and no traceback (airflow.runtime.task_body). A subclass per kind."""
+
+
+class DatabaseUnreachable(Refusal):
     """Raised with a one-line message: the DSN (password hidden) and how to fix it."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from psycopg import sql
 
+from consolidation.core.errors import Refusal
 from consolidation.core import ledger
 from consolidation.core.catalog import relation_exists
 from consolidation.core.ledger import tool_ident
@@ -32,7 +33,7 @@ REASON_MIN_LENGTH = 5  # a reason says what was reviewed; "ok" is not one
 CLEANUP_DAG = "phase4d_legacy_cleanup"
 
 
-class ApprovalRefused(RuntimeError):
+class ApprovalRefused(Refusal):
     """A decision or an approval that must not be used; the message names why and the fix."""
 
 

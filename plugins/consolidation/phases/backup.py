@@ -46,6 +46,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from consolidation.core.errors import Refusal
 from consolidation.core import config, dsn as dsns, ledger
 from consolidation.core.catalog import relation_exists, table_checksum_query
 from consolidation.core.files import atomic_write, safe_name
@@ -60,7 +61,7 @@ _PINNED = {"TimeZone": "UTC", "DateStyle": "ISO, MDY", "IntervalStyle": "postgre
            "extra_float_digits": "3", "bytea_output": "hex"}
 
 
-class BackupFailed(RuntimeError):
+class BackupFailed(Refusal):
     """A backup or a restore that cannot be trusted; the message names the file or table."""
 
 

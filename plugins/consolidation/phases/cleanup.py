@@ -37,6 +37,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from consolidation.core.errors import Refusal
 from consolidation.checks.legacy_objects import legacy_objects, unplanned
 from consolidation.phases import backup as backups
 from consolidation.phases.objects import recreate
@@ -48,7 +49,7 @@ PHASE = "4D"
 RECONCILE_GATE = "reconcile_4D"
 
 
-class CleanupBlocked(RuntimeError):
+class CleanupBlocked(Refusal):
     """The cleanup may not go on; the message names the objects, the counts and the fix."""
 
 

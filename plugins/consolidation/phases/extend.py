@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
+from consolidation.core.errors import Refusal
 from consolidation.core import ledger
 from consolidation.core.catalog import Catalog, table_details
 from consolidation.core.columns.check import select_problem
@@ -24,7 +25,7 @@ from consolidation.core.spec import TargetSpec, compare_existing
 PHASE = "4A"
 
 
-class TargetConflict(RuntimeError):
+class TargetConflict(Refusal):
     """An existing target does not match what the plan expects."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from consolidation.core.errors import Refusal
 from consolidation.core import ledger
 from consolidation.actions import action_for
 from consolidation.actions.base import column_list, validate_foreign_keys
@@ -28,7 +29,7 @@ from consolidation.core.spec import TargetSpec, source_ident
 PHASE = "4B"
 
 
-class StepFailed(RuntimeError):
+class StepFailed(Refusal):
     pass
 
 

@@ -70,6 +70,7 @@ from pathlib import Path
 
 from psycopg import sql
 
+from consolidation.core.errors import Refusal
 from consolidation.core import config, ledger
 from consolidation.core import dsn as dsns
 from consolidation.phases.validation.migrated_rows import CHECK as ROWS_CHECK, PINNED
@@ -88,7 +89,7 @@ PHASE = "nightly"
 DAG_ID = "consolidation_nightly_validation"
 
 
-class NightlyFailed(RuntimeError):
+class NightlyFailed(Refusal):
     """The nightly validation found a problem; str() is the summary naming each one."""
 
 

@@ -60,6 +60,7 @@ from typing import Any
 
 from psycopg import sql
 
+from consolidation.core.errors import Refusal
 from consolidation.actions import action_for
 from consolidation.actions.base import ActionError
 from consolidation.core import config, ledger
@@ -77,7 +78,7 @@ EXPORT_FILE = "registry.json"
 _TYPE = re.compile(r'^[A-Za-z_][A-Za-z0-9_ ]*(\.[A-Za-z_][A-Za-z0-9_ ]*)?(\(\s*\d+\s*(,\s*\d+\s*)?\))?( ?\[\])*$')
 
 
-class RegistryError(RuntimeError):
+class RegistryError(Refusal):
     """The registry cannot be written or read as asked; the message names the entry and the fix."""
 
 

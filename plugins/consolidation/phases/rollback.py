@@ -27,6 +27,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from consolidation.core.errors import Refusal
 from consolidation.phases import backup as backups, registry
 from consolidation.core.runs.dropped import dropped_schemas
 from consolidation.core import ledger
@@ -36,7 +37,7 @@ from consolidation.core.plan import Plan
 PHASE = "rollback"
 
 
-class RollbackRefused(RuntimeError):
+class RollbackRefused(Refusal):
     """The rollback would touch something Phase 4 did not create, or cannot be proven."""
 
 

@@ -31,6 +31,7 @@ from typing import Iterator
 import psycopg
 from psycopg import sql
 
+from consolidation.core.errors import Refusal
 from consolidation.core import ledger
 from consolidation.core.catalog import relation_exists
 from consolidation.core.plan import Plan
@@ -43,7 +44,7 @@ LOCK_CLASS = 0x434F4E53
 DEFAULT_STALE_SECONDS = 600.0
 
 
-class LeaseRefused(RuntimeError):
+class LeaseRefused(Refusal):
     """Another run holds the database's lease (or this run lost it); one line naming the holder."""
 
 
