@@ -41,7 +41,8 @@ demo: $(STAMP)
 PYTEST_ARGS ?=
 DURATIONS ?= 15
 WORKERS ?= 2
-RUNTIME_WORKERS ?= 2
+# (1 where CONSOLIDATION_SKIP_RUNTIME=1 skips that tier: starting workers only to skip cost 10 s)
+RUNTIME_WORKERS ?= $(if $(filter 1,$(CONSOLIDATION_SKIP_RUNTIME)),1,2)
 xdist = $(if $(filter-out 0 1,$(1)),-n $(1) --dist loadfile,)
 XDIST = $(call xdist,$(WORKERS))
 RUNTIME_XDIST = $(if $(call xdist,$(RUNTIME_WORKERS)),$(call xdist,$(RUNTIME_WORKERS)) --no-loadscope-reorder,)
