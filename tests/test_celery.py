@@ -61,7 +61,7 @@ def _wait_run(meta_dsn: str, dag_id: str, run_id: str, timeout: float) -> str:
                                  (dag_id, run_id)).fetchone()[0]
         if state in ("success", "failed") or time.monotonic() > deadline:
             return state
-        time.sleep(3)
+        time.sleep(1)
 
 
 def test_4a_and_4b_run_on_a_celery_worker(redis_broker, make_db, legacy_db, tmp_path):

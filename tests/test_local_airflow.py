@@ -133,7 +133,7 @@ def test_operator_and_approver_carry_4b_to_4d_through_the_ui(airflow, ran_4a):
                 deadline = time.monotonic() + PHASE_TIMEOUT_MS / 1000
                 while not (waiting := api.pending_approvals(af.url, approver_token)):
                     assert time.monotonic() < deadline, "4D never asked for an approval"
-                    time.sleep(2)
+                    time.sleep(1)
                 assert waiting[0]["task_instance"]["dag_run_id"] == run_4d
                 # the run page renders slowly on a loaded machine: wait as long as for a phase's state
                 expect(op.run_badge("phase4d_legacy_cleanup", run_4d)).to_have_text("Running", timeout=PHASE_TIMEOUT_MS)
