@@ -41,8 +41,61 @@ def airflow_env(dsn: str) -> None:
     Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
-def migrate_metadata() -> None:
+# After `airflow db migrate` succeeded on Airflow's default SQLite metadata database: the
+# Airflow version and the database's alembic revision then. `consolidation run` migrates before
+# every phase; when both still match, the migration (a process importing Airflow: about 4 s of
+# a CPU) is skipped. Any other metadata database is migrated every time.
+MIGRATED = "consolidation-migrated.json"
+
+
+def _default_sqlite(home: Path) -> Path | None:
+    """AIRFLOW_HOME/airflow.db when it is the metadata database (Airflow's default), else None."""
+    import configparser
+
+    if os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
+        return None
+    cfg = configparser.ConfigParser(interpolation=None)
+    try:
+        cfg.read(home / "airflow.cfg", encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError):
+        return None
+    path = home / "airflow.db"
+    return path if cfg.get("database", "sql_alchemy_conn", fallback=None) == f"sqlite:///{path}" else None
+
+
+def _metadata_state(home: Path) -> dict | None:
+    """{"airflow": version, "revision": alembic revision} of the default SQLite metadata, or None."""
+    import sqlite3
+    from importlib.metadata import version
+
+    path = _default_sqlite(home)
+    if path is None or not path.is_file():
+        return None
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:
+        return None
+    return {"airflow": version("apache-airflow-core"), "revision": row[0]} if row else None
+
+
+def migrate_metadata() -> bool:
+    """`airflow db migrate`, unless the default SQLite metadata is where the last one left it;
+    True when it ran."""
+    home = Path(os.environ["AIRFLOW_HOME"])
+    marker = home / MIGRATED
+    state = _metadata_state(home)
+    try:
+        if state is not None and json.loads(marker.read_text(encoding="utf-8")) == state:
+            return False
+    except (OSError, ValueError):
+        pass
+    marker.unlink(missing_ok=True)
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    state = _metadata_state(home)
+    if state is not None:
+        marker.write_text(json.dumps(state) + "\n", encoding="utf-8")
+    return True
 
 
 def dag_state(log_path: Path, returncode: int) -> str:
@@ -152,7 +205,8 @@ def run_phase(phase: str, *, conf: dict | None = None, approve_as: str | None = 
     airflow_env(dsn)
     log_path = config.state_dir() / "run-airflow.log"
     print(f"Airflow: AIRFLOW_HOME={os.environ['AIRFLOW_HOME']}; `airflow dags test` output in {log_path}")
-    migrate_metadata()
+    print("Airflow metadata: " + ("migrated (airflow db migrate)" if migrate_metadata() else
+                                  "up to date (as the last `airflow db migrate` left it)"))
     if phase == "4d":
         state = run_cleanup(log_path, conf or {}, approvers=plan.approvers, approve_as=approve_as, reason=reason)
     else:
