@@ -5,8 +5,8 @@ execution API the worker's task runners call), scheduler, dag-processor and
 `airflow celery worker`; the machine's Redis as the broker; a fresh PostgreSQL metadata
 database (embedded server, or CONSOLIDATION_DB_URL's) that is also Celery's result backend.
 4A and 4B are triggered through the REST API as the operator (each `airflow dags` command was a
-process importing Airflow: about 5 s of a CPU each), and the metadata database is polled until
-each run ends. Then: both runs succeeded, every task instance went through the
+process importing Airflow: about 5 s of a CPU each), and the REST API is polled until each run
+ends. Then: both runs succeeded, every task instance went through the
 Celery queue of this test and has its Celery result stored in the result backend, and the
 consolidated data passed the 4B gate.
 
@@ -16,7 +16,6 @@ redis://127.0.0.1:6379/13). The queue name is unique per run, so a shared Redis 
 from __future__ import annotations
 
 import os
-import time
 import uuid
 
 import psycopg
@@ -53,17 +52,6 @@ def redis_broker() -> str:
     return REDIS_URL
 
 
-def _wait_run(meta_dsn: str, dag_id: str, run_id: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        with psycopg.connect(meta_dsn) as conn:
-            state = conn.execute("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s",
-                                 (dag_id, run_id)).fetchone()[0]
-        if state in ("success", "failed") or time.monotonic() > deadline:
-            return state
-        time.sleep(1)
-
-
 def test_4a_and_4b_run_on_a_celery_worker(redis_broker, make_db, legacy_db, tmp_path):
     meta_dsn = make_db()
     meta_url = local_airflow.sqlalchemy_url(meta_dsn)
@@ -87,7 +75,7 @@ def test_4a_and_4b_run_on_a_celery_worker(redis_broker, make_db, legacy_db, tmp_
             run_id = runs[dag_id] = f"celery_{uuid.uuid4().hex[:12]}"
             af.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": {}},
                    token=token)
-            state = _wait_run(meta_dsn, dag_id, run_id, timeout=900)
+            state = af.wait_run(dag_id, run_id, token, timeout=900)["state"]
             assert state == "success", (dag_id, state, af.log_file("celery-worker").read_text()[-3000:])
         worker_log = af.log_file("celery-worker").read_text()
     finally:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from consolidation.core import config, db
+from consolidation.core.files import atomic_write
 
 DAGS = {"4a": ("4A", "phase4a_schema_extension"), "4b": ("4B", "phase4b_data_migration"),
         "4c": ("4C", "phase4c_service_updates"), "4d": ("4D", "phase4d_legacy_cleanup"),
@@ -94,7 +95,7 @@ def migrate_metadata() -> bool:
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
     state = _metadata_state(home)
     if state is not None:
-        marker.write_text(json.dumps(state) + "\n", encoding="utf-8")
+        atomic_write(marker, json.dumps(state) + "\n")
     return True
 
 
