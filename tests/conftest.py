@@ -100,20 +100,6 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 _STAGES_BUILT: dict[str, float] = {}
 
 
-def pytest_configure(config):
-    """Import Airflow here, in every process that runs tests, before any test does. Its import
-    configures logging: the root logger's StreamHandler keeps whatever sys.stderr is at that moment.
-    Imported first inside a test that used capsys, the handler kept that test's capture, closed when
-    the test ended; every later Airflow log line then failed in the handler, and logging printed
-    "--- Logging error --- Traceback" into whichever test was being captured (seen failing
-    test_dag_refusals' no-traceback asserts, on whichever worker ran test_interrupts first). Here
-    sys.stderr is pytest's session capture, open until the run ends. The xdist controller runs
-    no tests and skips the import."""
-    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
-        return
-    import airflow  # noqa: F401
-
-
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
     if not hasattr(session.config, "workerinput"):  # the run's own process, after every worker
